@@ -1,0 +1,20 @@
+//! Generated protobuf and gRPC code for package `dccf.v1` (see `proto/dccf/v1/`).
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// `dccf.v1`: the wire contract.
+pub mod v1 {
+    tonic::include_proto!("dccf.v1");
+}
+
+/// The compiled file descriptor set of `proto/` (for reflection, JSON mapping and field checks).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dccf_descriptor.bin"));
+
+/// A descriptor pool over [`FILE_DESCRIPTOR_SET`], built once.
+pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("the build's own descriptor set decodes")
+    })
+}

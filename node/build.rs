@@ -16,7 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    println!("cargo:rerun-if-changed={}", proto_root.join("dccf/v1").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_root.join("dccf/v1").display()
+    );
 
     let fds = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -1,7 +1,38 @@
 //! # DCCF node
 //!
-//! placeholder crate doc (layout section written at the end).
+//! The software a customs administration runs to exchange data with partner administrations,
+//! peer to peer: every message is signed (Ed25519), encrypted end to end (HPKE), checked against
+//! a signed data-sharing agreement on both sides, and recorded in an append-only ledger.
+//!
+//! ## Layout
+//!
+//! - [`config`]: `node.toml`, every field documented and validated.
+//! - [`identity`]: the administration's keys, private CA, certificates and party card.
+//! - [`envelope`]: signed header + HPKE-sealed payload; receipts. Keys and bytes only.
+//! - [`agreement`]: agreement files, their parties' signatures, the set of active agreements.
+//! - [`policy`]: what an agreement allows; called by sender and receiver alike.
+//! - [`ledger`]: the append-only log in sled (RFC 6962 leaves), group-committed and fdatasync'd.
+//! - [`delivery`]: the send and receive pipelines, the durable inbox, partner connections.
+//! - [`server`]: the `Exchange` (partners) and `Gateway` (back office) listeners and their TLS.
+//! - [`state`]: what the services of a running node share.
+//! - [`cli`], [`demo`], [`bench`]: the `dccf-node` commands.
+//! - [`proto`]: generated code for the wire contract in `proto/dccf/v1/`.
+//! - [`samples`]: synthetic customs messages for the demo, tests and benchmarks.
+//!
+//! A message's path: `Gateway.Send` → [`delivery::outbound::send`] → partner's `Exchange.Deliver`
+//! → [`delivery::inbound::receive`] → [`delivery::inbox`] → partner's `Gateway.Inbox`.
 
+pub mod agreement;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod demo;
+pub mod envelope;
 pub mod identity;
 pub mod ledger;
+pub mod policy;
 pub mod proto;
+pub mod samples;
+pub mod server;
+pub mod state;

@@ -8,7 +8,8 @@ pub mod v1 {
 }
 
 /// The compiled file descriptor set of `proto/` (for reflection, JSON mapping and field checks).
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dccf_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/dccf_descriptor.bin"));
 
 /// A descriptor pool over [`FILE_DESCRIPTOR_SET`], built once.
 pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {

@@ -1,0 +1,1 @@
+3k1JcfKYfbkEuHtKFCoaGmymBQ1wnos3v2G5oSa1AtMp+e/n9dfJ9fFx4t3fr+LzY6KTG0qAFBe4UlX04aMACA==

@@ -1,0 +1,642 @@
+//! Agreements (DESIGN §4), minimal: the TOML file, its parties' detached signatures, and the set
+//! of agreements a node trusts.
+//!
+//! An agreement file `NAME.toml` is signed by each party in a sibling file `NAME.<ADMIN>.sig`
+//! holding the base64 Ed25519 signature over `PAE("application/vnd.dccf.agreement-digest.v1",
+//! SHA-256(file bytes))`. An agreement is *active* when every party's signature verifies and now
+//! is inside `[valid_from, valid_until)`. Trust comes only from active agreements: a node accepts
+//! a partner's TLS certificate, signature or encryption key only if an active agreement names it.
+//!
+//! The full policy engine (field allowlists, rates, retention) checks flows through
+//! [`crate::policy`]; this module only parses, verifies and indexes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::pae::{AGREEMENT_DIGEST_TYPE, pae};
+use crate::envelope::{HpkePublicKey, sha256};
+use crate::identity::card::PartyCard;
+
+/// Errors loading, verifying or using agreements. Each names the file or agreement concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum AgreementError {
+    /// An agreement file or directory could not be read or written.
+    #[error("agreement {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid agreement.
+    #[error("agreement {path}: {detail}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (names the field).
+        detail: String,
+    },
+    /// A signature file exists but is not a valid signature by that party.
+    #[error("agreement {path}: signature of {admin} does not verify over the file's digest")]
+    BadSignature {
+        /// The agreement file.
+        path: PathBuf,
+        /// The party whose signature failed.
+        admin: String,
+    },
+    /// No agreement with this id is loaded.
+    #[error("unknown agreement {0:?}")]
+    Unknown(String),
+    /// The agreement exists but is not active.
+    #[error("agreement {id} is not active: {why}")]
+    Inactive {
+        /// Agreement id.
+        id: String,
+        /// Why (missing signatures, not yet valid, expired).
+        why: String,
+    },
+    /// The agreement exists, but no active version has the digest the message names.
+    #[error("agreement {id}: no active version has digest {digest}")]
+    DigestMismatch {
+        /// Agreement id.
+        id: String,
+        /// The digest named (hex).
+        digest: String,
+    },
+}
+
+/// The TOML document of an agreement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgreementDoc {
+    /// Stable identifier, e.g. `nl-br-aeo-mra`; versions share it.
+    pub id: String,
+    /// Version number; a higher version supersedes a lower one.
+    pub version: u32,
+    /// Human-readable title.
+    pub title: String,
+    /// The legal instrument the exchange rests on.
+    #[serde(default)]
+    pub legal_basis: String,
+    /// Purposes the data may be used for.
+    #[serde(default)]
+    pub purposes: Vec<String>,
+    /// Start of validity (RFC 3339 date-time, inclusive).
+    pub valid_from: toml::value::Datetime,
+    /// End of validity (RFC 3339 date-time, exclusive).
+    pub valid_until: toml::value::Datetime,
+    /// The administrations bound by the agreement, with their party cards.
+    pub parties: Vec<PartyCard>,
+    /// Which messages may flow, in which direction.
+    pub flows: Vec<Flow>,
+}
+
+/// One permitted message flow.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    /// Fully qualified protobuf message type, e.g. `dccf.v1.PreArrivalDeclaration`.
+    pub message_type: String,
+    /// Sending administration.
+    pub from: String,
+    /// Receiving administration.
+    pub to: String,
+}
+
+/// A party with its keys decoded once at load time.
+#[derive(Debug, Clone)]
+pub struct Party {
+    /// The party card as written in the agreement.
+    pub card: PartyCard,
+    /// Its Ed25519 key: verifies its envelope headers and receipts.
+    pub verifying_key: VerifyingKey,
+    /// Its HPKE key: payloads to it are sealed to this key.
+    pub hpke_key: HpkePublicKey,
+    /// Its CA certificate (DER): its node certificates chain to this.
+    pub ca_der: Vec<u8>,
+}
+
+/// A parsed, signature-checked agreement.
+#[derive(Debug, Clone)]
+pub struct Agreement {
+    /// The document.
+    pub doc: AgreementDoc,
+    /// SHA-256 of the exact file bytes.
+    pub digest: [u8; 32],
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// Parties by admin id.
+    pub parties: BTreeMap<String, Party>,
+    /// Parties whose signature is missing (empty when fully signed).
+    pub unsigned_by: Vec<String>,
+    /// `valid_from` in Unix ms.
+    pub valid_from_ms: i64,
+    /// `valid_until` in Unix ms.
+    pub valid_until_ms: i64,
+}
+
+impl Agreement {
+    /// Parses and checks `bytes` (the file at `path`); signatures are looked up by the caller.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Agreement, AgreementError> {
+        let invalid = |detail: String| AgreementError::Invalid {
+            path: path.to_owned(),
+            detail,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))?;
+        let doc: AgreementDoc =
+            toml::from_str(text).map_err(|e| invalid(crate::config::one_line(&e.to_string())))?;
+        if doc.id.is_empty()
+            || !doc
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(format!(
+                "field id: {:?} must be non-empty [A-Za-z0-9._-]",
+                doc.id
+            )));
+        }
+        let valid_from_ms =
+            datetime_ms(&doc.valid_from).map_err(|e| invalid(format!("field valid_from: {e}")))?;
+        let valid_until_ms = datetime_ms(&doc.valid_until)
+            .map_err(|e| invalid(format!("field valid_until: {e}")))?;
+        if valid_until_ms <= valid_from_ms {
+            return Err(invalid(
+                "field valid_until: must be after valid_from".into(),
+            ));
+        }
+        let mut parties = BTreeMap::new();
+        for (i, card) in doc.parties.iter().enumerate() {
+            card.validate()
+                .map_err(|e| invalid(format!("parties[{i}]: {e}")))?;
+            let party = Party {
+                verifying_key: card
+                    .verifying_key()
+                    .map_err(|e| invalid(format!("parties[{i}]: {e}")))?,
+                hpke_key: card
+                    .hpke_public_key()
+                    .map_err(|e| invalid(format!("parties[{i}]: {e}")))?,
+                ca_der: card
+                    .ca_cert_der()
+                    .map_err(|e| invalid(format!("parties[{i}]: {e}")))?,
+                card: card.clone(),
+            };
+            if parties.insert(card.admin.clone(), party).is_some() {
+                return Err(invalid(format!(
+                    "parties[{i}]: administration {} is listed twice",
+                    card.admin
+                )));
+            }
+        }
+        if parties.len() < 2 {
+            return Err(invalid(
+                "field parties: an agreement needs at least two parties".into(),
+            ));
+        }
+        if doc.flows.is_empty() {
+            return Err(invalid(
+                "field flows: an agreement needs at least one flow".into(),
+            ));
+        }
+        let pool = crate::proto::descriptor_pool();
+        for (i, flow) in doc.flows.iter().enumerate() {
+            for (field, admin) in [("from", &flow.from), ("to", &flow.to)] {
+                if !parties.contains_key(admin) {
+                    return Err(invalid(format!(
+                        "flows[{i}].{field}: {admin} is not a party"
+                    )));
+                }
+            }
+            if flow.from == flow.to {
+                return Err(invalid(format!(
+                    "flows[{i}]: from and to are both {}",
+                    flow.from
+                )));
+            }
+            if pool.get_message_by_name(&flow.message_type).is_none() {
+                return Err(invalid(format!(
+                    "flows[{i}].message_type: unknown message type {:?}",
+                    flow.message_type
+                )));
+            }
+        }
+        Ok(Agreement {
+            digest: sha256(bytes),
+            path: path.to_owned(),
+            unsigned_by: parties.keys().cloned().collect(),
+            parties,
+            doc,
+            valid_from_ms,
+            valid_until_ms,
+        })
+    }
+
+    /// Loads `path` and verifies every sibling signature file `STEM.<ADMIN>.sig`. A missing
+    /// signature leaves the agreement inactive; a present but invalid one is an error.
+    pub fn load(path: &Path) -> Result<Agreement, AgreementError> {
+        let bytes = std::fs::read(path).map_err(|source| AgreementError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut agreement = Agreement::parse(path, &bytes)?;
+        let mut unsigned = Vec::new();
+        for (admin, party) in &agreement.parties {
+            let sig_path = signature_path(path, admin);
+            match std::fs::read_to_string(&sig_path) {
+                Ok(text) => {
+                    if !verify_signature(&agreement.digest, text.trim(), &party.verifying_key) {
+                        return Err(AgreementError::BadSignature {
+                            path: path.to_owned(),
+                            admin: admin.clone(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => unsigned.push(admin.clone()),
+                Err(source) => {
+                    return Err(AgreementError::Io {
+                        path: sig_path,
+                        source,
+                    });
+                }
+            }
+        }
+        agreement.unsigned_by = unsigned;
+        Ok(agreement)
+    }
+
+    /// Agreement id.
+    pub fn id(&self) -> &str {
+        &self.doc.id
+    }
+
+    /// Why the agreement is not active at `now_ms`, or `None` if it is.
+    pub fn inactive_reason(&self, now_ms: i64) -> Option<String> {
+        if !self.unsigned_by.is_empty() {
+            Some(format!("not signed by {}", self.unsigned_by.join(", ")))
+        } else if now_ms < self.valid_from_ms {
+            Some(format!("valid only from {}", self.doc.valid_from))
+        } else if now_ms >= self.valid_until_ms {
+            Some(format!("expired at {}", self.doc.valid_until))
+        } else {
+            None
+        }
+    }
+
+    /// True if fully signed and inside its validity window at `now_ms`.
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        self.inactive_reason(now_ms).is_none()
+    }
+
+    /// The party with this admin id.
+    pub fn party(&self, admin: &str) -> Option<&Party> {
+        self.parties.get(admin)
+    }
+}
+
+/// Path of `admin`'s detached signature for the agreement file at `path`.
+pub fn signature_path(path: &Path, admin: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.{admin}.sig"))
+}
+
+/// Signs the agreement file at `path` as `admin` and writes `STEM.<ADMIN>.sig`.
+pub fn sign_file(path: &Path, admin: &str, key: &SigningKey) -> Result<PathBuf, AgreementError> {
+    let bytes = std::fs::read(path).map_err(|source| AgreementError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let sig = key.sign(&pae(AGREEMENT_DIGEST_TYPE, &sha256(&bytes)));
+    let sig_path = signature_path(path, admin);
+    std::fs::write(&sig_path, format!("{}\n", B64.encode(sig.to_bytes()))).map_err(|source| {
+        AgreementError::Io {
+            path: sig_path.clone(),
+            source,
+        }
+    })?;
+    Ok(sig_path)
+}
+
+fn verify_signature(digest: &[u8; 32], sig_b64: &str, key: &VerifyingKey) -> bool {
+    let Ok(bytes) = B64.decode(sig_b64) else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_slice(&bytes) else {
+        return false;
+    };
+    key.verify_strict(&pae(AGREEMENT_DIGEST_TYPE, digest), &sig)
+        .is_ok()
+}
+
+fn datetime_ms(dt: &toml::value::Datetime) -> Result<i64, String> {
+    let parsed = time::OffsetDateTime::parse(
+        &dt.to_string(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|e| format!("{dt} is not a full RFC 3339 date-time with offset ({e})"))?;
+    i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).map_err(|_| "out of range".into())
+}
+
+/// All agreements a node knows, indexed by id. Cheap to share (`Arc`) and swapped whole on reload.
+#[derive(Debug, Clone, Default)]
+pub struct AgreementSet {
+    by_id: BTreeMap<String, Vec<Arc<Agreement>>>,
+}
+
+impl AgreementSet {
+    /// Loads every `*.toml` in `dir`. A malformed file or a bad signature is an error naming the
+    /// file; an unsigned agreement loads but stays inactive.
+    pub fn load_dir(dir: &Path) -> Result<AgreementSet, AgreementError> {
+        let io = |source| AgreementError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        paths.sort();
+        let mut set = AgreementSet::default();
+        for path in paths {
+            set.insert(Agreement::load(&path)?);
+        }
+        Ok(set)
+    }
+
+    /// Adds an agreement (versions of one id are kept highest first).
+    pub fn insert(&mut self, agreement: Agreement) {
+        let versions = self.by_id.entry(agreement.doc.id.clone()).or_default();
+        versions.push(Arc::new(agreement));
+        versions.sort_by(|a, b| b.doc.version.cmp(&a.doc.version));
+    }
+
+    /// Every loaded agreement, every version.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Agreement>> {
+        self.by_id.values().flatten()
+    }
+
+    /// The highest active version of `id` (what a sender uses).
+    pub fn active(&self, id: &str, now_ms: i64) -> Result<&Arc<Agreement>, AgreementError> {
+        let versions = self
+            .by_id
+            .get(id)
+            .ok_or_else(|| AgreementError::Unknown(id.into()))?;
+        versions
+            .iter()
+            .find(|a| a.is_active(now_ms))
+            .ok_or_else(|| AgreementError::Inactive {
+                id: id.into(),
+                why: versions[0].inactive_reason(now_ms).unwrap_or_default(),
+            })
+    }
+
+    /// The active version of `id` whose digest is `digest` (what a receiver checks).
+    pub fn active_with_digest(
+        &self,
+        id: &str,
+        digest: &[u8],
+        now_ms: i64,
+    ) -> Result<&Arc<Agreement>, AgreementError> {
+        let versions = self
+            .by_id
+            .get(id)
+            .ok_or_else(|| AgreementError::Unknown(id.into()))?;
+        match versions.iter().find(|a| a.digest.as_slice() == digest) {
+            Some(a) => match a.inactive_reason(now_ms) {
+                None => Ok(a),
+                Some(why) => Err(AgreementError::Inactive { id: id.into(), why }),
+            },
+            None => Err(AgreementError::DigestMismatch {
+                id: id.into(),
+                digest: hex::encode(digest),
+            }),
+        }
+    }
+
+    /// CA certificates (DER) that `admin` uses, from every active agreement that `me` and `admin`
+    /// are both parties to. Empty if no active agreement links them.
+    pub fn partner_cas(&self, me: &str, admin: &str, now_ms: i64) -> Vec<Vec<u8>> {
+        let mut cas: Vec<Vec<u8>> = self
+            .all()
+            .filter(|a| a.is_active(now_ms) && a.parties.contains_key(me) && admin != me)
+            .filter_map(|a| a.party(admin).map(|p| p.ca_der.clone()))
+            .collect();
+        cas.sort();
+        cas.dedup();
+        cas
+    }
+
+    /// The party card of `admin` from the highest-versioned active agreement shared with `me`.
+    pub fn partner(&self, me: &str, admin: &str, now_ms: i64) -> Option<&Party> {
+        self.by_id
+            .values()
+            .filter_map(|versions| versions.iter().find(|a| a.is_active(now_ms)))
+            .filter(|a| a.parties.contains_key(me))
+            .find_map(|a| a.party(admin))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::identity::card::PartyCard;
+
+    /// A party with real keys and CA, for tests that need agreements.
+    pub(crate) struct TestParty {
+        pub card: PartyCard,
+        pub signing: SigningKey,
+    }
+
+    pub(crate) fn test_party(admin: &str) -> TestParty {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = crate::identity::IdentityPaths {
+            dir: dir.path().to_owned(),
+        };
+        let card = crate::identity::NodeIdentity::generate_all(
+            &paths,
+            admin,
+            "127.0.0.1",
+            "https://127.0.0.1:7001",
+        )
+        .unwrap();
+        let id = crate::identity::NodeIdentity::load(&paths, admin).unwrap();
+        TestParty {
+            card,
+            signing: id.signing.signing_key().clone(),
+        }
+    }
+
+    pub(crate) fn doc(parties: &[&TestParty]) -> AgreementDoc {
+        AgreementDoc {
+            id: "test-agreement".into(),
+            version: 1,
+            title: "Test".into(),
+            legal_basis: "Test basis".into(),
+            purposes: vec!["testing".into()],
+            valid_from: "2020-01-01T00:00:00Z".parse().unwrap(),
+            valid_until: "2100-01-01T00:00:00Z".parse().unwrap(),
+            parties: parties.iter().map(|p| p.card.clone()).collect(),
+            flows: vec![Flow {
+                message_type: "dccf.v1.RiskAlert".into(),
+                from: parties[0].card.admin.clone(),
+                to: parties[1].card.admin.clone(),
+            }],
+        }
+    }
+
+    /// Writes `doc` into `dir` and signs it by `signers`.
+    pub(crate) fn write_signed(dir: &Path, doc: &AgreementDoc, signers: &[&TestParty]) -> PathBuf {
+        let path = dir.join(format!("{}.toml", doc.id));
+        std::fs::write(&path, toml::to_string(doc).unwrap()).unwrap();
+        for s in signers {
+            sign_file(&path, &s.card.admin, &s.signing).unwrap();
+        }
+        path
+    }
+
+    const NOW: i64 = 1_790_000_000_000;
+
+    #[test]
+    fn fully_signed_agreement_in_window_is_active() {
+        let (nl, br) = (test_party("NL"), test_party("BR"));
+        let dir = tempfile::tempdir().unwrap();
+        write_signed(dir.path(), &doc(&[&nl, &br]), &[&nl, &br]);
+        let set = AgreementSet::load_dir(dir.path()).unwrap();
+        let a = set.active("test-agreement", NOW).unwrap();
+        assert!(
+            set.active_with_digest("test-agreement", &a.digest, NOW)
+                .is_ok()
+        );
+        assert_eq!(set.partner_cas("NL", "BR", NOW).len(), 1);
+        assert!(set.partner("NL", "BR", NOW).is_some());
+    }
+
+    #[test]
+    fn missing_signature_leaves_it_inactive_and_trusts_nobody() {
+        let (nl, br) = (test_party("NL"), test_party("BR"));
+        let dir = tempfile::tempdir().unwrap();
+        write_signed(dir.path(), &doc(&[&nl, &br]), &[&nl]);
+        let set = AgreementSet::load_dir(dir.path()).unwrap();
+        let err = set.active("test-agreement", NOW).unwrap_err().to_string();
+        assert!(err.contains("not signed by BR"), "{err}");
+        assert!(set.partner_cas("NL", "BR", NOW).is_empty());
+        assert!(set.partner("NL", "BR", NOW).is_none());
+    }
+
+    #[test]
+    fn signature_by_a_non_party_key_is_an_error() {
+        let (nl, br, xx) = (test_party("NL"), test_party("BR"), test_party("XX"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_signed(dir.path(), &doc(&[&nl, &br]), &[&nl]);
+        // XX's key writes BR's signature file.
+        let bytes = std::fs::read(&path).unwrap();
+        let sig = xx
+            .signing
+            .sign(&pae(AGREEMENT_DIGEST_TYPE, &sha256(&bytes)));
+        std::fs::write(signature_path(&path, "BR"), B64.encode(sig.to_bytes())).unwrap();
+        let err = AgreementSet::load_dir(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, AgreementError::BadSignature { ref admin, .. } if admin == "BR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn any_edit_after_signing_invalidates_the_signatures() {
+        let (nl, br) = (test_party("NL"), test_party("BR"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_signed(dir.path(), &doc(&[&nl, &br]), &[&nl, &br]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("title = \"Test\"", "title = \"Tost\"")).unwrap();
+        assert!(matches!(
+            AgreementSet::load_dir(dir.path()).unwrap_err(),
+            AgreementError::BadSignature { .. }
+        ));
+    }
+
+    #[test]
+    fn outside_the_validity_window_is_inactive() {
+        let (nl, br) = (test_party("NL"), test_party("BR"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = doc(&[&nl, &br]);
+        d.valid_from = "2030-01-01T00:00:00Z".parse().unwrap();
+        d.valid_until = "2031-01-01T00:00:00Z".parse().unwrap();
+        write_signed(dir.path(), &d, &[&nl, &br]);
+        let set = AgreementSet::load_dir(dir.path()).unwrap();
+        assert!(
+            set.active("test-agreement", NOW)
+                .unwrap_err()
+                .to_string()
+                .contains("valid only from")
+        );
+        let after = 1_925_000_000_000; // 2031
+        assert!(
+            set.active("test-agreement", after)
+                .unwrap_err()
+                .to_string()
+                .contains("expired")
+        );
+    }
+
+    #[test]
+    fn unknown_id_and_wrong_digest_are_distinguished() {
+        let (nl, br) = (test_party("NL"), test_party("BR"));
+        let dir = tempfile::tempdir().unwrap();
+        write_signed(dir.path(), &doc(&[&nl, &br]), &[&nl, &br]);
+        let set = AgreementSet::load_dir(dir.path()).unwrap();
+        assert!(matches!(
+            set.active("nope", NOW),
+            Err(AgreementError::Unknown(_))
+        ));
+        assert!(matches!(
+            set.active_with_digest("test-agreement", &[0u8; 32], NOW),
+            Err(AgreementError::DigestMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_documents_name_the_field() {
+        let (nl, br) = (test_party("NL"), test_party("BR"));
+        let base = doc(&[&nl, &br]);
+        let cases: Vec<(Box<dyn Fn(&mut AgreementDoc)>, &str)> = vec![
+            (
+                Box::new(|d| d.flows[0].message_type = "dccf.v1.NoSuchMessage".into()),
+                "flows[0].message_type",
+            ),
+            (Box::new(|d| d.flows[0].to = "FR".into()), "flows[0].to"),
+            (Box::new(|d| d.parties.truncate(1)), "parties"),
+            (
+                Box::new(|d| d.valid_until = "2019-01-01T00:00:00Z".parse().unwrap()),
+                "valid_until",
+            ),
+            (
+                Box::new(|d| d.parties[1].hpke_key = "AAAA".into()),
+                "parties[1]",
+            ),
+            (Box::new(|d| d.id = "bad id!".into()), "field id"),
+        ];
+        for (mutate, field) in cases {
+            let mut d = base.clone();
+            mutate(&mut d);
+            let text = toml::to_string(&d).unwrap();
+            let err = Agreement::parse(Path::new("x.toml"), text.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{field}: {err}");
+            assert!(err.contains("x.toml"), "{err}");
+        }
+        let err = Agreement::parse(Path::new("x.toml"), b"id = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("agreement x.toml:"), "{err}");
+    }
+}

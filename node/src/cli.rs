@@ -1,0 +1,428 @@
+//! The `dccf-node` command line: argument parsing and one function per command. Every failure
+//! reaches the user as one line on stderr and a non-zero exit code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Limits, NodeConfig};
+use crate::identity::card::PartyCard;
+use crate::identity::{IdentityPaths, NodeIdentity};
+use crate::proto::v1::gateway_client::GatewayClient;
+use crate::proto::v1::{AckRequest, InboxMessage, InboxRequest, SendRequest, SendResponse};
+
+/// DCCF node: signed, end-to-end encrypted, ledgered customs data exchange between administrations.
+#[derive(Debug, Parser)]
+#[command(name = "dccf-node", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this administration's keys, CA, certificates, node.toml and party card in DIR.
+    Init {
+        /// Administration id (ISO 3166 alpha-2, optionally -SUFFIX), e.g. NL.
+        #[arg(long)]
+        admin: String,
+        /// Address the Exchange service listens on, e.g. 127.0.0.1:7001.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Address the Gateway service listens on (default: the listen port + 100).
+        #[arg(long)]
+        gateway_listen: Option<SocketAddr>,
+        /// Endpoint partners use to reach this node (default: https://<listen>).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Data directory to create (must not contain an identity yet).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Run the node until SIGTERM or Ctrl-C (SIGHUP reloads agreements).
+    Serve {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Send a message from a JSON file through this node's Gateway and print the receipt.
+    Send {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// JSON file: {"agreement": ID, "to": ADMIN, "type": "dccf.v1.X", "message": {...}}
+        /// (optional "in_reply_to", "message_id", "ttl_seconds").
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print received messages as JSON lines.
+    Inbox {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Keep waiting for new messages instead of stopping when the inbox is drained.
+        #[arg(long)]
+        follow: bool,
+        /// Acknowledge each message after printing it (it leaves the inbox).
+        #[arg(long)]
+        ack: bool,
+    },
+    /// Run a federation of administrations on loopback and show what happens.
+    Demo {
+        /// Keep the nodes running after the demo and print how to talk to them.
+        #[arg(long)]
+        keep: bool,
+        /// Keep each administration's data directory under DIR/<admin>/ (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Measure performance; every suite prints a table, or one JSON object with --json.
+    Bench {
+        /// Which suite.
+        #[command(subcommand)]
+        suite: crate::bench::Suite,
+    },
+}
+
+/// Errors of the command line layer (all other modules' errors arrive as text).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A one-line message for the user.
+    #[error("{0}")]
+    Message(String),
+}
+
+fn err(e: impl std::fmt::Display) -> CliError {
+    CliError::Message(crate::config::one_line(&e.to_string()))
+}
+
+/// Parses the command line, runs it, and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A server logs its decisions; interactive commands only their failures.
+    init_tracing(match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "error",
+    });
+    crate::server::tls::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `DCCF_LOG` (e.g. `info`, `dccf_node=debug`) overrides the level and
+/// `DCCF_LOG_FORMAT=json` switches to JSON lines.
+fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DCCF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("DCCF_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Init {
+            admin,
+            listen,
+            gateway_listen,
+            endpoint,
+            dir,
+        } => {
+            let card = init(&admin, listen, gateway_listen, endpoint, &dir)?;
+            println!("# Party card of {admin} (give this to partners for agreements)");
+            println!("{}", card.to_toml().map_err(err)?);
+            eprintln!(
+                "created {} (config: {})",
+                dir.display(),
+                dir.join("node.toml").display()
+            );
+            Ok(())
+        }
+        Command::Serve { config } => serve(&config).await,
+        Command::Send { config, file } => {
+            let response = send_file(&config, &file).await?;
+            println!("{}", receipt_json(&response));
+            Ok(())
+        }
+        Command::Inbox {
+            config,
+            follow,
+            ack,
+        } => inbox(&config, follow, ack).await,
+        Command::Demo { keep, dir } => crate::demo::run(keep, dir).await.map_err(err),
+        Command::Bench { suite } => crate::bench::run(suite).await.map_err(err),
+    }
+}
+
+/// Creates an administration's data directory; returns its party card.
+pub fn init(
+    admin: &str,
+    listen: SocketAddr,
+    gateway_listen: Option<SocketAddr>,
+    endpoint: Option<String>,
+    dir: &Path,
+) -> Result<PartyCard, CliError> {
+    crate::identity::card::validate_admin_id(admin).map_err(err)?;
+    let config_path = dir.join("node.toml");
+    if config_path.exists() {
+        return Err(err(format!(
+            "{} already exists; refusing to overwrite an identity",
+            config_path.display()
+        )));
+    }
+    let gateway_listen = match gateway_listen {
+        Some(g) => g,
+        None => SocketAddr::new(
+            listen.ip(),
+            listen.port().checked_add(100).ok_or_else(|| {
+                err("--listen port too high for the default gateway port; give --gateway-listen")
+            })?,
+        ),
+    };
+    let endpoint = endpoint.unwrap_or_else(|| format!("https://{listen}"));
+    let paths = IdentityPaths {
+        dir: dir.to_owned(),
+    };
+    let card = NodeIdentity::generate_all(&paths, admin, &listen.ip().to_string(), &endpoint)
+        .map_err(err)?;
+    std::fs::create_dir_all(dir.join("agreements"))
+        .map_err(|e| err(format!("{}: {e}", dir.join("agreements").display())))?;
+    let config = NodeConfig {
+        admin: admin.to_owned(),
+        data_dir: ".".into(),
+        listen,
+        gateway_listen,
+        agreements_dir: "agreements".into(),
+        limits: Limits::default(),
+    };
+    std::fs::write(&config_path, config.to_commented_toml())
+        .map_err(|e| err(format!("{}: {e}", config_path.display())))?;
+    Ok(card)
+}
+
+async fn serve(config_path: &Path) -> Result<(), CliError> {
+    let config = NodeConfig::load(config_path).map_err(err)?;
+    let mut node = crate::server::start(config).await.map_err(err)?;
+    eprintln!(
+        "dccf-node {} serving: exchange {} gateway {}",
+        node.state.admin(),
+        node.exchange_addr,
+        node.gateway_addr
+    );
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(err)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(err)?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => match node.state.reload_agreements() {
+                Ok(()) => tracing::warn!("agreements reloaded"),
+                Err(e) => tracing::error!(error = %e, "agreement reload failed; keeping the previous set"),
+            },
+            result = node.wait() => return result.map_err(err),
+        }
+    }
+    eprintln!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A Gateway client for the node configured at `config_path`, using its back-office certificate.
+pub async fn gateway_client(
+    config_path: &Path,
+) -> Result<GatewayClient<tonic::transport::Channel>, CliError> {
+    let config = NodeConfig::load(config_path).map_err(err)?;
+    gateway_client_for(&config)
+}
+
+/// A Gateway client for `config` (connects lazily).
+pub fn gateway_client_for(
+    config: &NodeConfig,
+) -> Result<GatewayClient<tonic::transport::Channel>, CliError> {
+    use crate::server::tls;
+    let paths = config.identity_paths();
+    let card = PartyCard::from_toml(
+        &std::fs::read_to_string(paths.party_card())
+            .map_err(|e| err(format!("{}: {e}", paths.party_card().display())))?,
+    )
+    .map_err(err)?;
+    let (server_name, _) = tls::endpoint_parts(&config.admin, &card.endpoint).map_err(err)?;
+    let ca = tls::load_certs(&paths.ca_cert()).map_err(err)?;
+    let tls_config = tls::client_config(
+        &[ca[0].to_vec()],
+        tls::load_certs(&paths.gateway_cert()).map_err(err)?,
+        tls::load_key(&paths.gateway_key()).map_err(err)?,
+    )
+    .map_err(err)?;
+    let mut addr = config.gateway_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let limits = &config.limits;
+    let channel = crate::delivery::peers::tls_channel(
+        &addr.to_string(),
+        server_name,
+        tls_config,
+        std::time::Duration::from_secs(limits.connect_timeout_secs),
+        std::time::Duration::from_secs(limits.request_timeout_secs * 2),
+    )
+    .map_err(err)?;
+    Ok(GatewayClient::new(channel)
+        .max_decoding_message_size(limits.max_message_bytes + 64 * 1024)
+        .max_encoding_message_size(limits.max_message_bytes + 64 * 1024))
+}
+
+/// The JSON file `send` reads.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendFile {
+    /// Agreement id.
+    pub agreement: String,
+    /// Recipient administration.
+    pub to: String,
+    /// Fully qualified message type.
+    #[serde(rename = "type")]
+    pub message_type: String,
+    /// The message in proto3 JSON.
+    pub message: serde_json::Value,
+    /// Message id this answers.
+    #[serde(default)]
+    pub in_reply_to: String,
+    /// Caller-chosen message id (UUID) for idempotent retries.
+    #[serde(default)]
+    pub message_id: String,
+    /// Envelope lifetime in seconds.
+    #[serde(default)]
+    pub ttl_seconds: u32,
+}
+
+/// Builds a `SendRequest` from the JSON in `text` (file name `path` for errors).
+pub fn send_request_from_json(path: &Path, text: &str) -> Result<SendRequest, CliError> {
+    let file: SendFile =
+        serde_json::from_str(text).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let desc = crate::proto::descriptor_pool()
+        .get_message_by_name(&file.message_type)
+        .ok_or_else(|| {
+            err(format!(
+                "{}: unknown message type {:?}",
+                path.display(),
+                file.message_type
+            ))
+        })?;
+    let message = prost_reflect::DynamicMessage::deserialize(desc, file.message)
+        .map_err(|e| err(format!("{}: field message: {e}", path.display())))?;
+    Ok(SendRequest {
+        agreement_id: file.agreement,
+        recipient: file.to,
+        message_type: file.message_type,
+        payload: prost::Message::encode_to_vec(&message),
+        in_reply_to: file.in_reply_to,
+        ttl_seconds: file.ttl_seconds,
+        message_id: file.message_id,
+    })
+}
+
+async fn send_file(config_path: &Path, file: &Path) -> Result<SendResponse, CliError> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| err(format!("{}: {e}", file.display())))?;
+    let request = send_request_from_json(file, &text)?;
+    let mut client = gateway_client(config_path).await?;
+    client
+        .send(request)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| err(format!("send failed ({:?}): {}", s.code(), s.message())))
+}
+
+/// A readable JSON summary of a send's receipt.
+pub fn receipt_json(response: &SendResponse) -> serde_json::Value {
+    let body = response.receipt.as_ref().and_then(|r| {
+        <crate::proto::v1::ReceiptBody as prost::Message>::decode(r.body.as_slice()).ok()
+    });
+    serde_json::json!({
+        "message_id": response.message_id,
+        "envelope_digest": hex::encode(&response.envelope_digest),
+        "sent_ledger_index": response.sent_ledger_index,
+        "receipt": body.map(|b| serde_json::json!({
+            "recipient": b.recipient,
+            "recipient_ledger_index": b.ledger_index,
+            "recipient_ledger_size": b.ledger_size,
+            "recipient_ledger_root": hex::encode(&b.ledger_root),
+            "received_at_ms": b.received_at_ms,
+        })),
+    })
+}
+
+/// An inbox message as JSON, with its payload in proto3 JSON.
+pub fn inbox_json(msg: &InboxMessage) -> serde_json::Value {
+    let payload = crate::proto::descriptor_pool()
+        .get_message_by_name(&msg.message_type)
+        .and_then(|d| prost_reflect::DynamicMessage::decode(d, msg.payload.as_slice()).ok())
+        .and_then(|m| serde_json::to_value(&m).ok())
+        .unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "message_id": msg.message_id,
+        "sender": msg.sender,
+        "agreement": msg.agreement_id,
+        "type": msg.message_type,
+        "in_reply_to": msg.in_reply_to,
+        "created_at_ms": msg.created_at_ms,
+        "received_at_ms": msg.received_at_ms,
+        "ledger_index": msg.ledger_index,
+        "envelope_digest": hex::encode(&msg.envelope_digest),
+        "message": payload,
+    })
+}
+
+async fn inbox(config_path: &Path, follow: bool, ack: bool) -> Result<(), CliError> {
+    let mut client = gateway_client(config_path).await?;
+    let mut stream = client
+        .inbox(InboxRequest {
+            drain_only: !follow,
+        })
+        .await
+        .map_err(|s| err(format!("inbox failed ({:?}): {}", s.code(), s.message())))?
+        .into_inner();
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(|s| err(format!("inbox failed ({:?}): {}", s.code(), s.message())))?
+    {
+        println!("{}", inbox_json(&msg));
+        if ack {
+            client
+                .ack(AckRequest {
+                    message_ids: vec![format!("{}/{}", msg.sender, msg.message_id)],
+                })
+                .await
+                .map_err(|s| err(format!("ack failed ({:?}): {}", s.code(), s.message())))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! Node configuration: one TOML file (`node.toml`), every field documented.
+//!
+//! Relative paths in the file are resolved against the directory that holds the file, so a node's
+//! data directory can be moved or backed up as a whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::IdentityPaths;
+
+/// Errors loading or validating a configuration file. Each names the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: cannot read: {source}")]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("config {path}: {detail}")]
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// The parser's message (names the field, line and column).
+        detail: String,
+    },
+    /// A field has a value that is not allowed.
+    #[error("config {path}: field {field}: {detail}")]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// The contents of `node.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This administration's id (ISO 3166 alpha-2, optionally `-SUFFIX`), e.g. `NL`.
+    pub admin: String,
+    /// Directory holding keys (`keys/`), TLS material (`tls/`), the party card and the ledger.
+    pub data_dir: PathBuf,
+    /// Address the `Exchange` service (partner nodes, mutual TLS) listens on.
+    pub listen: SocketAddr,
+    /// Address the `Gateway` service (own back office, mutual TLS) listens on.
+    pub gateway_listen: SocketAddr,
+    /// Directory of agreement files (`*.toml`) and their detached signatures (`*.<ADMIN>.sig`).
+    pub agreements_dir: PathBuf,
+    /// Limits and timeouts; every field has a safe default.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Bounds that protect the node from slow, large or stale input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted message (envelope or Gateway request) in bytes; larger ones get
+    /// `RESOURCE_EXHAUSTED`. Default 4 MiB.
+    pub max_message_bytes: usize,
+    /// Largest accepted difference between a sender's `created_at` and this node's clock, seconds.
+    pub max_clock_skew_secs: u64,
+    /// Longest envelope lifetime (`expires_at - created_at`) accepted, seconds.
+    pub max_envelope_ttl_secs: u64,
+    /// Lifetime given to outgoing envelopes when the back office does not choose one, seconds.
+    pub default_ttl_secs: u64,
+    /// Time allowed for a TLS handshake from a connecting client, seconds.
+    pub handshake_timeout_secs: u64,
+    /// Time allowed for connecting to a partner node, seconds.
+    pub connect_timeout_secs: u64,
+    /// Time allowed for one call to a partner node (e.g. `Deliver`), seconds.
+    pub request_timeout_secs: u64,
+    /// Concurrent gRPC requests served per connection.
+    pub max_concurrent_streams: u32,
+    /// Simultaneous TLS handshakes in progress per listener.
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_clock_skew_secs: 300,
+            max_envelope_ttl_secs: 7 * 24 * 3600,
+            default_ttl_secs: 24 * 3600,
+            handshake_timeout_secs: 10,
+            connect_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_concurrent_streams: 128,
+            max_pending_handshakes: 256,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates `path`; relative paths are resolved against its directory.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            detail: one_line(&e.to_string()),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.data_dir = resolve(base, &config.data_dir);
+        config.agreements_dir = resolve(base, &config.agreements_dir);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks field values that the schema alone cannot.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, detail: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            detail,
+        };
+        crate::identity::card::validate_admin_id(&self.admin)
+            .map_err(|e| invalid("admin", e.to_string()))?;
+        if self.listen == self.gateway_listen {
+            return Err(invalid(
+                "gateway_listen",
+                format!("must differ from listen ({})", self.listen),
+            ));
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 || l.max_message_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                format!("{} is outside 1024..=67108864", l.max_message_bytes),
+            ));
+        }
+        for (field, v) in [
+            ("limits.max_clock_skew_secs", l.max_clock_skew_secs),
+            ("limits.max_envelope_ttl_secs", l.max_envelope_ttl_secs),
+            ("limits.default_ttl_secs", l.default_ttl_secs),
+            ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
+            ("limits.connect_timeout_secs", l.connect_timeout_secs),
+            ("limits.request_timeout_secs", l.request_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be greater than 0".into()));
+            }
+        }
+        if l.default_ttl_secs > l.max_envelope_ttl_secs {
+            return Err(invalid(
+                "limits.default_ttl_secs",
+                "must not exceed limits.max_envelope_ttl_secs".into(),
+            ));
+        }
+        if l.max_concurrent_streams == 0 || l.max_pending_handshakes == 0 {
+            return Err(invalid(
+                "limits",
+                "concurrency limits must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Paths of this node's identity files.
+    pub fn identity_paths(&self) -> IdentityPaths {
+        IdentityPaths {
+            dir: self.data_dir.clone(),
+        }
+    }
+
+    /// Directory of the sled database holding the ledger, inbox and dedupe records.
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.data_dir.join("ledger")
+    }
+
+    /// Renders a commented `node.toml` for this configuration (paths as given).
+    pub fn to_commented_toml(&self) -> String {
+        let l = &self.limits;
+        format!(
+            r#"# DCCF node configuration. Relative paths are resolved against this file's directory.
+
+# This administration's id (ISO 3166 alpha-2, optionally -SUFFIX).
+admin = "{admin}"
+# Keys (keys/), TLS material (tls/), party card (party.toml) and ledger (ledger/).
+data_dir = "{data_dir}"
+# Exchange service: partner nodes connect here with mutual TLS.
+listen = "{listen}"
+# Gateway service: your own back office connects here with its client certificate.
+gateway_listen = "{gateway_listen}"
+# Agreement files (*.toml) with their parties' detached signatures (*.<ADMIN>.sig).
+agreements_dir = "{agreements_dir}"
+
+[limits]
+# Largest accepted message in bytes; larger ones are refused with RESOURCE_EXHAUSTED.
+max_message_bytes = {max_message_bytes}
+# Largest accepted clock difference with a sender, seconds.
+max_clock_skew_secs = {max_clock_skew_secs}
+# Longest envelope lifetime accepted, seconds.
+max_envelope_ttl_secs = {max_envelope_ttl_secs}
+# Lifetime of outgoing envelopes unless the back office chooses one, seconds.
+default_ttl_secs = {default_ttl_secs}
+# Time allowed for a client's TLS handshake, seconds.
+handshake_timeout_secs = {handshake_timeout_secs}
+# Time allowed to connect to a partner, seconds.
+connect_timeout_secs = {connect_timeout_secs}
+# Time allowed for one call to a partner, seconds.
+request_timeout_secs = {request_timeout_secs}
+# Concurrent requests per connection.
+max_concurrent_streams = {max_concurrent_streams}
+# Simultaneous TLS handshakes in progress per listener.
+max_pending_handshakes = {max_pending_handshakes}
+"#,
+            admin = self.admin,
+            data_dir = self.data_dir.display(),
+            listen = self.listen,
+            gateway_listen = self.gateway_listen,
+            agreements_dir = self.agreements_dir.display(),
+            max_message_bytes = l.max_message_bytes,
+            max_clock_skew_secs = l.max_clock_skew_secs,
+            max_envelope_ttl_secs = l.max_envelope_ttl_secs,
+            default_ttl_secs = l.default_ttl_secs,
+            handshake_timeout_secs = l.handshake_timeout_secs,
+            connect_timeout_secs = l.connect_timeout_secs,
+            request_timeout_secs = l.request_timeout_secs,
+            max_concurrent_streams = l.max_concurrent_streams,
+            max_pending_handshakes = l.max_pending_handshakes,
+        )
+    }
+}
+
+/// `path` relative to `base` (absolute paths stay), without `.` components.
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    base.join(path)
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+/// Collapses a multi-line parser message into one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeConfig {
+        NodeConfig {
+            admin: "NL".into(),
+            data_dir: ".".into(),
+            listen: "127.0.0.1:7001".parse().unwrap(),
+            gateway_listen: "127.0.0.1:7101".parse().unwrap(),
+            agreements_dir: "agreements".into(),
+            limits: Limits::default(),
+        }
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn commented_toml_round_trips_and_resolves_relative_paths() {
+        let (dir, path) = write(&sample().to_commented_toml());
+        let loaded = NodeConfig::load(&path).unwrap();
+        assert_eq!(loaded.admin, "NL");
+        assert_eq!(loaded.data_dir, dir.path());
+        assert_eq!(loaded.agreements_dir, dir.path().join("agreements"));
+        assert_eq!(loaded.limits, Limits::default());
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let err = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/node.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_it() {
+        let text = sample().to_commented_toml().replace("admin =", "admn =");
+        let (_d, path) = write(&text);
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("admn"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            ("admin = \"NL\"", "admin = \"nl\"", "admin"),
+            (
+                "max_message_bytes = 4194304",
+                "max_message_bytes = 10",
+                "max_message_bytes",
+            ),
+            (
+                "max_clock_skew_secs = 300",
+                "max_clock_skew_secs = 0",
+                "max_clock_skew_secs",
+            ),
+            (
+                "gateway_listen = \"127.0.0.1:7101\"",
+                "gateway_listen = \"127.0.0.1:7001\"",
+                "gateway_listen",
+            ),
+            (
+                "listen = \"127.0.0.1:7001\"",
+                "listen = \"not an address\"",
+                "listen",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let text = sample().to_commented_toml().replace(from, to);
+            assert_ne!(
+                text,
+                sample().to_commented_toml(),
+                "case {from} did not apply"
+            );
+            let (_d, path) = write(&text);
+            let err = NodeConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+}

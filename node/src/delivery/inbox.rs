@@ -1,0 +1,159 @@
+//! The durable inbox: accepted messages wait here until the back office acknowledges them.
+//!
+//! Payloads are encrypted at rest, each under its own random data key (ChaCha20-Poly1305, ring),
+//! stored under a separate key record: deleting that record destroys the payload
+//! (crypto-shredding) while the ledger, which never held the payload, stays intact.
+//!
+//! Records: `i/<u64 BE ledger index>` → `InboxMessage` whose `payload` is `nonce || ciphertext`,
+//! and `k/<u64 BE ledger index>` → the 32-byte data key.
+
+use prost::Message;
+use ring::aead::{CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::ledger::{LedgerError, Store, Txn};
+use crate::proto::v1::InboxMessage;
+
+const INBOX: &[u8] = b"i/";
+const KEYS: &[u8] = b"k/";
+
+/// Inbox errors.
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    /// The store failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A record cannot be decoded or decrypted (its key was shredded or the data is corrupt).
+    #[error("inbox record {index}: {detail}")]
+    Corrupt {
+        /// Ledger index of the record.
+        index: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The random source failed.
+    #[error("random source failed")]
+    Random,
+}
+
+fn record_key(prefix: &[u8], index: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn aad(index: u64) -> [u8; 18] {
+    let mut a = [0u8; 18];
+    a[..10].copy_from_slice(b"dccf inbox");
+    a[10..].copy_from_slice(&index.to_be_bytes());
+    a
+}
+
+/// Stages `message` (plaintext payload) into the inbox within `txn`, encrypted at rest.
+pub fn stage(txn: &mut Txn<'_>, message: &InboxMessage) -> Result<(), InboxError> {
+    let rng = SystemRandom::new();
+    let mut key = [0u8; 32];
+    let mut nonce = [0u8; 12];
+    rng.fill(&mut key).map_err(|_| InboxError::Random)?;
+    rng.fill(&mut nonce).map_err(|_| InboxError::Random)?;
+    let sealing = LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, &key).map_err(|_| InboxError::Random)?,
+    );
+    let mut sealed = message.payload.clone();
+    sealing
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(aad(message.ledger_index)),
+            &mut sealed,
+        )
+        .map_err(|_| InboxError::Random)?;
+    let mut stored = message.clone();
+    stored.payload = [nonce.as_slice(), &sealed].concat();
+    txn.put(
+        record_key(INBOX, message.ledger_index),
+        stored.encode_to_vec(),
+    )?;
+    txn.put(record_key(KEYS, message.ledger_index), key.to_vec())?;
+    Ok(())
+}
+
+/// Reads and decrypts up to `limit` inbox messages with ledger index greater than `after`.
+pub fn list(
+    store: &Store,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<InboxMessage>, InboxError> {
+    let after_key = after.map(|i| record_key(INBOX, i));
+    let rows = store.scan_prefix_limit(INBOX, after_key.as_deref(), limit)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (_, value) in rows {
+        let mut msg = InboxMessage::decode(value.as_slice()).map_err(|e| InboxError::Corrupt {
+            index: 0,
+            detail: e.to_string(),
+        })?;
+        let index = msg.ledger_index;
+        let corrupt = |detail: &str| InboxError::Corrupt {
+            index,
+            detail: detail.into(),
+        };
+        let key = store
+            .get(&record_key(KEYS, index))?
+            .ok_or_else(|| corrupt("data key missing (payload shredded)"))?;
+        if msg.payload.len() < 12 {
+            return Err(corrupt("ciphertext too short"));
+        }
+        let opening = LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &key).map_err(|_| corrupt("bad data key"))?,
+        );
+        let nonce = Nonce::try_assume_unique_for_key(&msg.payload[..12])
+            .map_err(|_| corrupt("bad nonce"))?;
+        let mut ct = msg.payload[12..].to_vec();
+        let plain = opening
+            .open_in_place(nonce, ring::aead::Aad::from(aad(index)), &mut ct)
+            .map_err(|_| corrupt("payload does not decrypt"))?;
+        msg.payload = plain.to_vec();
+        out.push(msg);
+    }
+    Ok(out)
+}
+
+/// Acknowledges messages by id (`SENDER/ID` or bare `ID`); returns how many were removed.
+pub async fn ack(store: &Store, ids: &[String]) -> Result<u32, InboxError> {
+    let mut wanted: std::collections::HashSet<(Option<String>, String)> = ids
+        .iter()
+        .map(|s| match s.split_once('/') {
+            Some((sender, id)) => (Some(sender.to_owned()), id.to_owned()),
+            None => (None, s.clone()),
+        })
+        .collect();
+    let mut remove = Vec::new();
+    for (key, value) in store.scan_prefix(INBOX)? {
+        let Ok(msg) = InboxMessage::decode(value.as_slice()) else {
+            continue;
+        };
+        let hit = wanted.remove(&(Some(msg.sender.clone()), msg.message_id.clone()))
+            || wanted.remove(&(None, msg.message_id.clone()));
+        if hit {
+            remove.push((key, msg.ledger_index));
+        }
+    }
+    if remove.is_empty() {
+        return Ok(0);
+    }
+    let count = u32::try_from(remove.len()).unwrap_or(u32::MAX);
+    let ticket = {
+        let mut txn = store.begin();
+        for (key, index) in remove {
+            txn.remove(key)?;
+            txn.remove(record_key(KEYS, index))?;
+        }
+        txn.commit()
+    };
+    ticket.durable().await?;
+    Ok(count)
+}
+
+/// Number of messages waiting in the inbox.
+pub fn len(store: &Store) -> Result<usize, InboxError> {
+    Ok(store.scan_prefix(INBOX)?.len())
+}

@@ -1,0 +1,113 @@
+//! Moving messages: the receive pipeline ([`inbound`]), the send pipeline ([`outbound`]), the
+//! durable inbox the back office reads ([`inbox`]) and connections to partner nodes ([`peers`]).
+//!
+//! Follow a message: `Gateway.Send` → [`outbound::send`] (policy, seal, ledger, deliver) →
+//! partner's `Exchange.Deliver` → [`inbound::receive`] (verify, open, policy, ledger, receipt) →
+//! [`inbox`] → partner's `Gateway.Inbox`.
+
+pub mod inbound;
+pub mod inbox;
+pub mod outbound;
+pub mod peers;
+
+use crate::proto::v1::RejectReason;
+
+/// Metadata key carrying the machine-readable [`RejectReason`] of a refusal.
+pub const REASON_METADATA: &str = "dccf-reason";
+
+/// A refusal of an envelope or message, with its reason code and a readable message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("[{}] {message}", reason.as_str_name())]
+pub struct Refusal {
+    /// Machine-readable reason.
+    pub reason: RejectReason,
+    /// What was wrong, naming the agreement, party or field concerned.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `reason` and `message`.
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The gRPC status for this refusal, with the reason in `dccf-reason` metadata.
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self.reason {
+            RejectReason::SenderMismatch
+            | RejectReason::NotAParty
+            | RejectReason::FlowNotAllowed => Code::PermissionDenied,
+            RejectReason::BadSignature => Code::Unauthenticated,
+            RejectReason::UnknownAgreement
+            | RejectReason::AgreementDigestMismatch
+            | RejectReason::WrongRecipient
+            | RejectReason::Expired
+            | RejectReason::ClockSkew => Code::FailedPrecondition,
+            RejectReason::DuplicateConflict => Code::AlreadyExists,
+            RejectReason::TooLarge => Code::ResourceExhausted,
+            _ => Code::InvalidArgument,
+        };
+        let mut status = tonic::Status::new(code, self.to_string());
+        if let Ok(v) = self.reason.as_str_name().parse() {
+            status.metadata_mut().insert(REASON_METADATA, v);
+        }
+        status
+    }
+
+    /// Reads the reason back from a status produced by [`Refusal::to_status`].
+    pub fn from_status(status: &tonic::Status) -> Option<Refusal> {
+        let reason = status.metadata().get(REASON_METADATA)?.to_str().ok()?;
+        Some(Refusal {
+            reason: RejectReason::from_str_name(reason)?,
+            message: status.message().to_owned(),
+        })
+    }
+}
+
+impl From<crate::envelope::EnvelopeError> for Refusal {
+    fn from(e: crate::envelope::EnvelopeError) -> Self {
+        Refusal::new(e.reason(), e.to_string())
+    }
+}
+
+impl From<crate::policy::PolicyViolation> for Refusal {
+    fn from(v: crate::policy::PolicyViolation) -> Self {
+        Refusal::new(v.reason, v.message)
+    }
+}
+
+impl From<crate::agreement::AgreementError> for Refusal {
+    fn from(e: crate::agreement::AgreementError) -> Self {
+        use crate::agreement::AgreementError as E;
+        let reason = match e {
+            E::DigestMismatch { .. } => RejectReason::AgreementDigestMismatch,
+            _ => RejectReason::UnknownAgreement,
+        };
+        Refusal::new(reason, e.to_string())
+    }
+}
+
+/// Checks that `payload` is a valid protobuf message of `message_type` (a known `dccf.v1` type).
+pub fn check_payload(
+    message_type: &str,
+    payload: &[u8],
+) -> Result<prost_reflect::DynamicMessage, Refusal> {
+    let desc = crate::proto::descriptor_pool()
+        .get_message_by_name(message_type)
+        .ok_or_else(|| {
+            Refusal::new(
+                RejectReason::PayloadInvalid,
+                format!("unknown message type {message_type:?}"),
+            )
+        })?;
+    prost_reflect::DynamicMessage::decode(desc, payload).map_err(|e| {
+        Refusal::new(
+            RejectReason::PayloadInvalid,
+            format!("payload is not a valid {message_type}: {e}"),
+        )
+    })
+}

@@ -1,0 +1,120 @@
+//! Connections to partner nodes (and, for the CLI, to the node's own Gateway): TLS 1.3 with this
+//! node's certificate, trusting only the CA the agreement names for that partner, with connect and
+//! request timeouts so that a stalled peer cannot hold us.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::agreement::Party;
+use crate::config::Limits;
+use crate::proto::v1::exchange_client::ExchangeClient;
+use crate::server::tls::{self, TlsError};
+
+/// Builds a lazily connecting gRPC channel to `host_port` over TLS with `config`, verifying the
+/// server as `server_name`.
+pub fn tls_channel(
+    host_port: &str,
+    server_name: ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> Result<Channel, TlsError> {
+    let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
+        .map_err(|e| TlsError::Partner {
+            admin: host_port.to_owned(),
+            detail: e.to_string(),
+        })?
+        .connect_timeout(connect_timeout)
+        .timeout(request_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let addr = host_port.to_owned();
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let (addr, config, name) = (addr.clone(), config.clone(), server_name.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// A cache of Exchange clients, one per partner, rebuilt when the partner's card changes.
+#[derive(Debug)]
+pub struct PeerClients {
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    max_message_bytes: usize,
+    cache: Mutex<HashMap<String, (String, Vec<u8>, ExchangeClient<Channel>)>>,
+}
+
+impl PeerClients {
+    /// Clients presenting `cert_chain`/`key`, with the timeouts and sizes of `limits`.
+    pub fn new(
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        limits: &Limits,
+    ) -> Self {
+        PeerClients {
+            cert_chain,
+            key,
+            connect_timeout: Duration::from_secs(limits.connect_timeout_secs),
+            request_timeout: Duration::from_secs(limits.request_timeout_secs),
+            max_message_bytes: limits.max_message_bytes,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The Exchange client for `party` (its endpoint, trusting only its CA).
+    pub fn client(&self, party: &Party) -> Result<ExchangeClient<Channel>, TlsError> {
+        let admin = &party.card.admin;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((endpoint, ca, client)) = cache.get(admin) {
+            if *endpoint == party.card.endpoint && *ca == party.ca_der {
+                return Ok(client.clone());
+            }
+        }
+        let (name, host_port) = tls::endpoint_parts(admin, &party.card.endpoint)?;
+        let config = tls::client_config(
+            std::slice::from_ref(&party.ca_der),
+            self.cert_chain.clone(),
+            self.key.clone_key(),
+        )?;
+        let channel = tls_channel(
+            &host_port,
+            name,
+            config,
+            self.connect_timeout,
+            self.request_timeout,
+        )?;
+        let client = ExchangeClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes + 64 * 1024)
+            .max_encoding_message_size(self.max_message_bytes + 64 * 1024);
+        cache.insert(
+            admin.clone(),
+            (
+                party.card.endpoint.clone(),
+                party.ca_der.clone(),
+                client.clone(),
+            ),
+        );
+        Ok(client)
+    }
+
+    /// Drops every cached client (after agreements change).
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}

@@ -1,0 +1,68 @@
+//! Building ledger entries. A leaf is a serialized [`LedgerEntry`]: headers, signatures, digests
+//! and decisions, never payload plaintext.
+
+use prost::Message;
+
+use crate::proto::v1::{EntryKind, Envelope, LedgerEntry, Receipt, RejectReason};
+
+/// An entry about `envelope` (header, signature and digest copied in).
+pub fn about_envelope(
+    kind: EntryKind,
+    envelope: &Envelope,
+    envelope_digest: &[u8; 32],
+    message_id: &str,
+    peer: &str,
+) -> LedgerEntry {
+    LedgerEntry {
+        kind: kind as i32,
+        recorded_at_ms: crate::envelope::now_ms(),
+        envelope_header: envelope.header.clone(),
+        envelope_signature: envelope.signature.clone(),
+        envelope_digest: envelope_digest.to_vec(),
+        receipt: None,
+        reason: RejectReason::Unspecified as i32,
+        detail: String::new(),
+        peer: peer.to_owned(),
+        message_id: message_id.to_owned(),
+    }
+}
+
+/// A receipt entry (issued or received).
+pub fn about_receipt(
+    kind: EntryKind,
+    receipt: &Receipt,
+    envelope_digest: &[u8; 32],
+    message_id: &str,
+    peer: &str,
+) -> LedgerEntry {
+    LedgerEntry {
+        kind: kind as i32,
+        recorded_at_ms: crate::envelope::now_ms(),
+        envelope_header: Vec::new(),
+        envelope_signature: Vec::new(),
+        envelope_digest: envelope_digest.to_vec(),
+        receipt: Some(receipt.clone()),
+        reason: RejectReason::Unspecified as i32,
+        detail: String::new(),
+        peer: peer.to_owned(),
+        message_id: message_id.to_owned(),
+    }
+}
+
+/// A refusal entry: `entry` with the reason and readable detail set.
+pub fn with_refusal(mut entry: LedgerEntry, reason: RejectReason, detail: &str) -> LedgerEntry {
+    entry.reason = reason as i32;
+    // Details are our own error messages (never payload content); bound their size anyway.
+    entry.detail = detail.chars().take(1024).collect();
+    entry
+}
+
+/// Serializes an entry to leaf bytes.
+pub fn leaf(entry: &LedgerEntry) -> Vec<u8> {
+    entry.encode_to_vec()
+}
+
+/// Parses leaf bytes.
+pub fn parse(leaf: &[u8]) -> Result<LedgerEntry, prost::DecodeError> {
+    LedgerEntry::decode(leaf)
+}

@@ -1,0 +1,243 @@
+//! The node's listeners: `Exchange` for partners and `Gateway` for the back office, each on its
+//! own port with its own client-certificate policy ([`tls`]).
+
+pub mod exchange;
+pub mod gateway;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::NodeConfig;
+use crate::proto::v1::exchange_server::ExchangeServer;
+use crate::proto::v1::gateway_server::GatewayServer;
+use crate::state::{BackOfficeTrust, NodeState, PartnerTrust, StateError};
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The node's state could not be opened.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A node serving both listeners.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Where the Exchange service listens.
+    pub exchange_addr: SocketAddr,
+    /// Where the Gateway service listens.
+    pub gateway_addr: SocketAddr,
+    /// The node's state.
+    pub state: Arc<NodeState>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl RunningNode {
+    /// Stops accepting, lets in-flight calls finish, and waits for the listeners to close.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until a listener fails (they run until shutdown otherwise).
+    pub async fn wait(&mut self) -> Result<(), ServerError> {
+        for t in &mut self.tasks {
+            if let Ok(Err(e)) = t.await {
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binds the configured addresses and starts the node.
+pub async fn start(config: NodeConfig) -> Result<RunningNode, ServerError> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })
+    };
+    let exchange = bind(config.listen).await?;
+    let gateway = bind(config.gateway_listen).await?;
+    start_on(config, exchange, gateway).await
+}
+
+/// Starts the node on already bound listeners (lets callers pick free ports first).
+pub async fn start_on(
+    config: NodeConfig,
+    exchange: TcpListener,
+    gateway: TcpListener,
+) -> Result<RunningNode, ServerError> {
+    tls::install_crypto_provider();
+    let state = NodeState::open(config)?;
+    let exchange_addr = exchange.local_addr().map_err(|source| ServerError::Bind {
+        addr: state.config.listen,
+        source,
+    })?;
+    let gateway_addr = gateway.local_addr().map_err(|source| ServerError::Bind {
+        addr: state.config.gateway_listen,
+        source,
+    })?;
+    let paths = state.config.identity_paths();
+    let chain = tls::load_certs(&paths.node_cert())?;
+    let key = tls::load_key(&paths.node_key())?;
+    let limits = state.config.limits.clone();
+    let exchange_tls = tls::server_config(
+        chain.clone(),
+        key.clone_key(),
+        Arc::new(tls::PeerVerifier::new(Arc::new(PartnerTrust(
+            Arc::downgrade(&state),
+        )))),
+    )?;
+    let gateway_tls = tls::server_config(
+        chain,
+        key,
+        Arc::new(tls::PeerVerifier::new(Arc::new(BackOfficeTrust {
+            admin: state.admin().to_owned(),
+            ca_der: state.own_ca_der.clone(),
+        }))),
+    )?;
+    let (shutdown, _) = tokio::sync::watch::channel(false);
+    let handshake = Duration::from_secs(limits.handshake_timeout_secs);
+    // Room for the envelope's own framing on top of the payload limit; the receive pipeline
+    // enforces the exact limit with RESOURCE_EXHAUSTED.
+    let max_frame = limits.max_message_bytes + 64 * 1024;
+
+    let builder = || {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .timeout(Duration::from_secs(limits.request_timeout_secs))
+            .layer(size_limit::TooLargeIsResourceExhausted)
+    };
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let exchange_task = tokio::spawn(
+        builder()
+            .add_service(
+                ExchangeServer::new(exchange::ExchangeService::new(state.clone()))
+                    .max_decoding_message_size(max_frame)
+                    .max_encoding_message_size(max_frame),
+            )
+            .serve_with_incoming_shutdown(
+                tls::incoming(
+                    exchange,
+                    exchange_tls,
+                    handshake,
+                    limits.max_pending_handshakes,
+                ),
+                stop(shutdown.subscribe()),
+            ),
+    );
+    let gateway_task = tokio::spawn(
+        builder()
+            .add_service(
+                GatewayServer::new(gateway::GatewayService::new(state.clone()))
+                    .max_decoding_message_size(max_frame)
+                    .max_encoding_message_size(max_frame),
+            )
+            .serve_with_incoming_shutdown(
+                tls::incoming(
+                    gateway,
+                    gateway_tls,
+                    handshake,
+                    limits.max_pending_handshakes,
+                ),
+                stop(shutdown.subscribe()),
+            ),
+    );
+    tracing::info!(admin = state.admin(), %exchange_addr, %gateway_addr, "node serving");
+    Ok(RunningNode {
+        exchange_addr,
+        gateway_addr,
+        state,
+        shutdown,
+        tasks: vec![exchange_task, gateway_task],
+    })
+}
+
+/// gRPC says an over-limit message is `RESOURCE_EXHAUSTED`; tonic's decoder answers
+/// `OUT_OF_RANGE`. This layer rewrites that one status (sent in the response headers of a unary
+/// call) so partners see the standard code.
+mod size_limit {
+    use std::task::{Context, Poll};
+
+    use http::HeaderValue;
+
+    /// The layer.
+    #[derive(Debug, Clone, Copy)]
+    pub struct TooLargeIsResourceExhausted;
+
+    impl<S> tower::Layer<S> for TooLargeIsResourceExhausted {
+        type Service = Rewrite<S>;
+        fn layer(&self, inner: S) -> Rewrite<S> {
+            Rewrite(inner)
+        }
+    }
+
+    /// The service.
+    #[derive(Debug, Clone)]
+    pub struct Rewrite<S>(S);
+
+    impl<S, Req, B> tower::Service<Req> for Rewrite<S>
+    where
+        S: tower::Service<Req, Response = http::Response<B>>,
+        S::Future: Send + 'static,
+        B: 'static,
+    {
+        type Response = http::Response<B>;
+        type Error = S::Error;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<http::Response<B>, S::Error>> + Send>,
+        >;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: Req) -> Self::Future {
+            let fut = self.0.call(req);
+            Box::pin(async move {
+                let mut resp = fut.await?;
+                let headers = resp.headers_mut();
+                let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
+                    && headers
+                        .get("grpc-message")
+                        .and_then(|m| m.to_str().ok())
+                        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+                if too_large {
+                    headers.insert("grpc-status", HeaderValue::from_static("8"));
+                    headers.insert(
+                        crate::delivery::REASON_METADATA,
+                        HeaderValue::from_static("REJECT_REASON_TOO_LARGE"),
+                    );
+                }
+                Ok(resp)
+            })
+        }
+    }
+}

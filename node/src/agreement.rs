@@ -376,7 +376,7 @@ impl AgreementSet {
     pub fn insert(&mut self, agreement: Agreement) {
         let versions = self.by_id.entry(agreement.doc.id.clone()).or_default();
         versions.push(Arc::new(agreement));
-        versions.sort_by(|a, b| b.doc.version.cmp(&a.doc.version));
+        versions.sort_by_key(|a| std::cmp::Reverse(a.doc.version));
     }
 
     /// Every loaded agreement, every version.
@@ -607,7 +607,8 @@ pub(crate) mod tests {
     fn invalid_documents_name_the_field() {
         let (nl, br) = (test_party("NL"), test_party("BR"));
         let base = doc(&[&nl, &br]);
-        let cases: Vec<(Box<dyn Fn(&mut AgreementDoc)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut AgreementDoc)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|d| d.flows[0].message_type = "dccf.v1.NoSuchMessage".into()),
                 "flows[0].message_type",

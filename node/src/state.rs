@@ -116,13 +116,13 @@ impl NodeState {
         let me = self.admin();
         let my_key = self.identity.signing.verifying_key();
         for a in self.agreements().all() {
-            if let Some(p) = a.party(me) {
-                if p.verifying_key != my_key {
-                    tracing::warn!(
-                        agreement = a.id(),
-                        "agreement lists {me} with a different signing key than this node's"
-                    );
-                }
+            if let Some(p) = a.party(me)
+                && p.verifying_key != my_key
+            {
+                tracing::warn!(
+                    agreement = a.id(),
+                    "agreement lists {me} with a different signing key than this node's"
+                );
             }
         }
     }

@@ -152,7 +152,7 @@ fn check_and_open(
         ));
     }
     let opened = open::open_payload(envelope, &header, state.identity.hpke.private_key())
-        .and_then(|o| Ok(o.payload))
+        .map(|o| o.payload)
         .map_err(Refusal::from)
         .and_then(|payload| {
             super::check_payload(&header.message_type, &payload)?;

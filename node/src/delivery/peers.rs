@@ -49,6 +49,14 @@ pub fn tls_channel(
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
+/// A partner's client with the endpoint and CA it was built for.
+#[derive(Debug)]
+struct CachedClient {
+    endpoint: String,
+    ca_der: Vec<u8>,
+    client: ExchangeClient<Channel>,
+}
+
 /// A cache of Exchange clients, one per partner, rebuilt when the partner's card changes.
 #[derive(Debug)]
 pub struct PeerClients {
@@ -57,7 +65,7 @@ pub struct PeerClients {
     connect_timeout: Duration,
     request_timeout: Duration,
     max_message_bytes: usize,
-    cache: Mutex<HashMap<String, (String, Vec<u8>, ExchangeClient<Channel>)>>,
+    cache: Mutex<HashMap<String, CachedClient>>,
 }
 
 impl PeerClients {
@@ -81,10 +89,11 @@ impl PeerClients {
     pub fn client(&self, party: &Party) -> Result<ExchangeClient<Channel>, TlsError> {
         let admin = &party.card.admin;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((endpoint, ca, client)) = cache.get(admin) {
-            if *endpoint == party.card.endpoint && *ca == party.ca_der {
-                return Ok(client.clone());
-            }
+        if let Some(c) = cache.get(admin)
+            && c.endpoint == party.card.endpoint
+            && c.ca_der == party.ca_der
+        {
+            return Ok(c.client.clone());
         }
         let (name, host_port) = tls::endpoint_parts(admin, &party.card.endpoint)?;
         let config = tls::client_config(
@@ -104,11 +113,11 @@ impl PeerClients {
             .max_encoding_message_size(self.max_message_bytes + 64 * 1024);
         cache.insert(
             admin.clone(),
-            (
-                party.card.endpoint.clone(),
-                party.ca_der.clone(),
-                client.clone(),
-            ),
+            CachedClient {
+                endpoint: party.card.endpoint.clone(),
+                ca_der: party.ca_der.clone(),
+                client: client.clone(),
+            },
         );
         Ok(client)
     }

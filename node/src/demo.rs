@@ -43,12 +43,14 @@ pub struct DemoNode {
     pub node: RunningNode,
 }
 
-/// Creates identities for `admins` under `root/<admin>/`, writes the example agreement with their
-/// cards into each agreements directory, signed by all, and returns the configs with listeners
-/// bound on free loopback ports.
+/// Creates identities for `admins` under `root/<admin>/`, writes the agreement `template` (TOML)
+/// with their cards into each agreements directory as `file_name`, signed by all, and returns the
+/// configs with listeners bound on free loopback ports.
 pub async fn setup(
     root: &Path,
     admins: &[&str],
+    template: &str,
+    file_name: &str,
 ) -> Result<Vec<(NodeConfig, TcpListener, TcpListener)>, DemoError> {
     let mut prepared = Vec::new();
     let mut cards = Vec::new();
@@ -74,7 +76,7 @@ pub async fn setup(
         cards.push(card);
         prepared.push((config, exchange, gateway));
     }
-    let mut doc: AgreementDoc = toml::from_str(EXAMPLE_AGREEMENT).map_err(fail)?;
+    let mut doc: AgreementDoc = toml::from_str(template).map_err(fail)?;
     doc.parties = doc
         .parties
         .iter()
@@ -91,7 +93,7 @@ pub async fn setup(
         toml::to_string(&doc).map_err(fail)?
     );
     let first = &prepared[0].0;
-    let agreement_path = first.agreements_dir.join(EXAMPLE_AGREEMENT_FILE);
+    let agreement_path = first.agreements_dir.join(file_name);
     std::fs::write(&agreement_path, text).map_err(fail)?;
     for (config, _, _) in &prepared {
         let id = crate::identity::NodeIdentity::load(&config.identity_paths(), &config.admin)
@@ -138,7 +140,13 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
     println!(
         "DCCF node demo: two customs administrations exchanging data peer to peer on loopback\n"
     );
-    let prepared = setup(&root, &["NL", "BR"]).await?;
+    let prepared = setup(
+        &root,
+        &["NL", "BR"],
+        EXAMPLE_AGREEMENT,
+        EXAMPLE_AGREEMENT_FILE,
+    )
+    .await?;
     let mut nodes = Vec::new();
     for (config, exchange, gateway) in prepared {
         let node = start_on(config.clone(), exchange, gateway)

@@ -1,1 +1,451 @@
-//! placeholder
+//! Test helpers for DCCF node integration tests: a federation of real nodes on loopback (real
+//! mTLS, real sled in temp dirs), clients with any certificate, hand-built envelopes, ledger
+//! readers, and the real `dccf-node` binary for process-level tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dccf_node::config::NodeConfig;
+use dccf_node::envelope::seal::{Outgoing, seal};
+use dccf_node::identity::pki::{CertRequest, CertificateAuthority, Role};
+use dccf_node::identity::{IdentityPaths, NodeIdentity};
+use dccf_node::proto::v1::exchange_client::ExchangeClient;
+use dccf_node::proto::v1::gateway_client::GatewayClient;
+use dccf_node::proto::v1::{Envelope, InboxMessage, InboxRequest, LedgerEntry, SendRequest};
+use dccf_node::server::{RunningNode, start_on};
+use prost::Message;
+use tonic::transport::Channel;
+
+/// A three-party agreement used by tests that need a third administration.
+pub const THREE_PARTY_AGREEMENT: &str = r#"
+id = "tri-exchange"
+version = 1
+title = "Three-party test agreement"
+valid_from = 2020-01-01T00:00:00Z
+valid_until = 2100-01-01T00:00:00Z
+
+[[parties]]
+admin = "NL"
+endpoint = "https://127.0.0.1:1"
+signing_key = ""
+hpke_key = ""
+ca_cert = ""
+
+[[parties]]
+admin = "BR"
+endpoint = "https://127.0.0.1:1"
+signing_key = ""
+hpke_key = ""
+ca_cert = ""
+
+[[parties]]
+admin = "DE"
+endpoint = "https://127.0.0.1:1"
+signing_key = ""
+hpke_key = ""
+ca_cert = ""
+
+[[flows]]
+message_type = "dccf.v1.RiskAlert"
+from = "NL"
+to = "BR"
+
+[[flows]]
+message_type = "dccf.v1.RiskAlert"
+from = "DE"
+to = "BR"
+"#;
+
+/// One administration of a test federation.
+pub struct Admin {
+    /// Its configuration (as loaded from its node.toml).
+    pub config: NodeConfig,
+    /// The running node, if started.
+    pub node: Option<RunningNode>,
+}
+
+/// Real nodes on loopback sharing one signed agreement.
+pub struct Federation {
+    /// Root of all data directories (`<root>/<admin>/`).
+    pub root: tempfile::TempDir,
+    /// The administrations, in the order given.
+    pub admins: Vec<Admin>,
+    /// The agreement id.
+    pub agreement_id: String,
+}
+
+/// Installs the ring crypto provider (every test binary must).
+pub fn init() {
+    dccf_node::server::tls::install_crypto_provider();
+}
+
+impl Federation {
+    /// NL and BR under the shipped example agreement, both running.
+    pub async fn nl_br() -> Federation {
+        Self::start(
+            &["NL", "BR"],
+            dccf_node::demo::EXAMPLE_AGREEMENT,
+            "nl-br-exchange",
+            |_| {},
+        )
+        .await
+    }
+
+    /// `admins` under `template`, each config adjusted by `tweak` before start.
+    pub async fn start(
+        admins: &[&str],
+        template: &str,
+        agreement_id: &str,
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> Federation {
+        Self::start_except(admins, template, agreement_id, tweak, &[]).await
+    }
+
+    /// Like [`Federation::start`], but leaves the nodes of `not_started` stopped (their ports
+    /// are free for a process to take: see [`Federation::spawn_process`]).
+    pub async fn start_except(
+        admins: &[&str],
+        template: &str,
+        agreement_id: &str,
+        tweak: impl Fn(&mut NodeConfig),
+        not_started: &[&str],
+    ) -> Federation {
+        init();
+        let root = tempfile::tempdir().expect("temp dir");
+        let prepared = dccf_node::demo::setup(
+            root.path(),
+            admins,
+            template,
+            &format!("{agreement_id}.toml"),
+        )
+        .await
+        .expect("federation setup");
+        let mut out = Vec::new();
+        for (mut config, exchange, gateway) in prepared {
+            tweak(&mut config);
+            let node = if not_started.contains(&config.admin.as_str()) {
+                None
+            } else {
+                Some(
+                    start_on(config.clone(), exchange, gateway)
+                        .await
+                        .expect("node starts"),
+                )
+            };
+            out.push(Admin { config, node });
+        }
+        Federation {
+            root,
+            admins: out,
+            agreement_id: agreement_id.to_owned(),
+        }
+    }
+
+    /// The administration `admin`.
+    pub fn admin(&self, admin: &str) -> &Admin {
+        self.admins
+            .iter()
+            .find(|a| a.config.admin == admin)
+            .expect("known admin")
+    }
+
+    fn admin_mut(&mut self, admin: &str) -> &mut Admin {
+        self.admins
+            .iter_mut()
+            .find(|a| a.config.admin == admin)
+            .expect("known admin")
+    }
+
+    /// `admin`'s running node.
+    pub fn node(&self, admin: &str) -> &RunningNode {
+        self.admin(admin).node.as_ref().expect("node running")
+    }
+
+    /// A Gateway client for `admin` with its back-office certificate.
+    pub fn gateway(&self, admin: &str) -> GatewayClient<Channel> {
+        dccf_node::cli::gateway_client_for(&self.admin(admin).config).expect("gateway client")
+    }
+
+    /// An Exchange client to `to`, presenting `from`'s node certificate.
+    pub fn exchange_as(&self, from: &str, to: &str) -> ExchangeClient<Channel> {
+        let paths = self.admin(from).config.identity_paths();
+        self.exchange_with_cert(&paths.node_cert(), &paths.node_key(), to)
+    }
+
+    /// An Exchange client to `to` presenting an arbitrary certificate and key.
+    pub fn exchange_with_cert(&self, cert: &Path, key: &Path, to: &str) -> ExchangeClient<Channel> {
+        let target = self.admin(to);
+        let ca =
+            dccf_node::server::tls::load_certs(&target.config.identity_paths().ca_cert()).unwrap();
+        let config = dccf_node::server::tls::client_config(
+            &[ca[0].to_vec()],
+            dccf_node::server::tls::load_certs(cert).unwrap(),
+            dccf_node::server::tls::load_key(key).unwrap(),
+        )
+        .unwrap();
+        let addr = self.node(to).exchange_addr;
+        let channel = dccf_node::delivery::peers::tls_channel(
+            &addr.to_string(),
+            "127.0.0.1".try_into().unwrap(),
+            config,
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        ExchangeClient::new(channel)
+            .max_encoding_message_size(64 * 1024 * 1024)
+            .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// Seals and signs an envelope with `from`'s real keys, to `to`'s HPKE key, under the
+    /// federation's agreement, letting `edit` change the statement first.
+    pub fn envelope(
+        &self,
+        from: &str,
+        to: &str,
+        message_type: &str,
+        payload: &[u8],
+        edit: impl FnOnce(&mut OutgoingOwned),
+    ) -> Envelope {
+        let state = &self.node(from).state;
+        let agreements = state.agreements();
+        let agreement = agreements
+            .active(&self.agreement_id, dccf_node::envelope::now_ms())
+            .expect("active agreement");
+        let partner = agreement.party(to).expect("party");
+        let now = dccf_node::envelope::now_ms();
+        let mut o = OutgoingOwned {
+            message_id: uuid_v7(),
+            agreement_id: self.agreement_id.clone(),
+            agreement_digest: agreement.digest,
+            sender: from.to_owned(),
+            recipient: to.to_owned(),
+            message_type: message_type.to_owned(),
+            payload: payload.to_vec(),
+            created_at_ms: now,
+            expires_at_ms: now + 600_000,
+        };
+        edit(&mut o);
+        seal(
+            &Outgoing {
+                message_id: &o.message_id,
+                agreement_id: &o.agreement_id,
+                agreement_digest: &o.agreement_digest,
+                sender: &o.sender,
+                recipient: &o.recipient,
+                message_type: &o.message_type,
+                payload: &o.payload,
+                in_reply_to: "",
+                created_at_ms: o.created_at_ms,
+                expires_at_ms: o.expires_at_ms,
+            },
+            state.identity.signing.signing_key(),
+            &partner.hpke_key,
+        )
+        .expect("seal")
+    }
+
+    /// Stops `admin`'s node (gracefully) and starts it again on the same addresses and data.
+    pub async fn restart(&mut self, admin: &str) {
+        let a = self.admin_mut(admin);
+        let node = a.node.take().expect("running");
+        let (ex, gw) = (node.exchange_addr, node.gateway_addr);
+        node.shutdown().await;
+        let exchange = bind_retry(ex).await;
+        let gateway = bind_retry(gw).await;
+        a.node = Some(
+            start_on(a.config.clone(), exchange, gateway)
+                .await
+                .expect("restart"),
+        );
+    }
+
+    /// Stops `admin`'s node.
+    pub async fn stop(&mut self, admin: &str) {
+        if let Some(node) = self.admin_mut(admin).node.take() {
+            node.shutdown().await;
+        }
+    }
+}
+
+async fn bind_retry(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot re-bind {addr}");
+}
+
+/// An owned, editable version of [`Outgoing`].
+#[derive(Debug, Clone)]
+pub struct OutgoingOwned {
+    /// Message id.
+    pub message_id: String,
+    /// Agreement id.
+    pub agreement_id: String,
+    /// Agreement digest.
+    pub agreement_digest: [u8; 32],
+    /// Sender.
+    pub sender: String,
+    /// Recipient.
+    pub recipient: String,
+    /// Message type.
+    pub message_type: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// Creation time.
+    pub created_at_ms: i64,
+    /// Expiry time.
+    pub expires_at_ms: i64,
+}
+
+/// A fresh UUIDv7 string.
+pub fn uuid_v7() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A send request for `message_type` under `agreement`.
+pub fn send_request(
+    agreement: &str,
+    to: &str,
+    message_type: &str,
+    payload: Vec<u8>,
+) -> SendRequest {
+    SendRequest {
+        agreement_id: agreement.into(),
+        recipient: to.into(),
+        message_type: message_type.into(),
+        payload,
+        in_reply_to: String::new(),
+        ttl_seconds: 0,
+        message_id: String::new(),
+    }
+}
+
+/// Reads the whole inbox of a Gateway without waiting for new messages.
+pub async fn drain_inbox(gw: &mut GatewayClient<Channel>) -> Vec<InboxMessage> {
+    let mut stream = gw
+        .inbox(InboxRequest { drain_only: true })
+        .await
+        .expect("inbox")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await.expect("inbox message") {
+        out.push(m);
+    }
+    out
+}
+
+/// Every durable ledger entry of a running node.
+pub fn ledger_entries(node: &RunningNode) -> Vec<LedgerEntry> {
+    let store = &node.state.store;
+    (0..store.durable_head().size)
+        .map(|i| {
+            let leaf = store.entry(i).expect("read").expect("entry present");
+            LedgerEntry::decode(leaf.as_slice()).expect("entry decodes")
+        })
+        .collect()
+}
+
+/// Every raw leaf of a ledger, for searching plaintext.
+pub fn ledger_leaves(node: &RunningNode) -> Vec<Vec<u8>> {
+    let store = &node.state.store;
+    (0..store.durable_head().size)
+        .map(|i| store.entry(i).unwrap().unwrap())
+        .collect()
+}
+
+/// Issues, from `admin`'s own CA, a certificate of `role` valid in `[not_before, not_after]`, and
+/// writes it to `dir`; returns (cert path, key path).
+pub fn issue_cert(
+    fed: &Federation,
+    admin: &str,
+    role: Role,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    dir: &Path,
+) -> (PathBuf, PathBuf) {
+    let paths = fed.admin(admin).config.identity_paths();
+    let ca = CertificateAuthority::load(&paths.ca_cert(), &paths.ca_key()).expect("CA loads");
+    let mut req = CertRequest::new(admin, role, vec!["127.0.0.1".into()]);
+    req.not_before = not_before;
+    req.not_after = not_after;
+    let issued = ca.issue(&req).expect("issue");
+    let (cert, key) = (
+        dir.join(format!("{admin}-{}.pem", role.as_str())),
+        dir.join(format!("{admin}-{}.key", role.as_str())),
+    );
+    issued.save(&cert, &key).expect("save");
+    (cert, key)
+}
+
+/// A stranger administration with its own CA, not named in any agreement; returns its paths.
+pub fn stranger(dir: &Path, admin: &str) -> IdentityPaths {
+    let paths = IdentityPaths {
+        dir: dir.join(admin),
+    };
+    NodeIdentity::generate_all(&paths, admin, "127.0.0.1", "https://127.0.0.1:1")
+        .expect("stranger identity");
+    paths
+}
+
+impl Federation {
+    /// Starts `admin` as a real `dccf-node serve` process and waits until it accepts connections.
+    pub async fn spawn_process(&self, admin: &str) -> std::process::Child {
+        let config = &self.admin(admin).config;
+        let child = std::process::Command::new(node_binary())
+            .args(["serve", "--config"])
+            .arg(config.data_dir.join("node.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn dccf-node serve");
+        wait_listening(config.listen).await;
+        wait_listening(config.gateway_listen).await;
+        child
+    }
+}
+
+/// Polls until `addr` accepts TCP connections (at most 30 s).
+pub async fn wait_listening(addr: std::net::SocketAddr) {
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {addr} after 30 s");
+}
+
+/// Kills `child` with SIGKILL and reaps it.
+pub fn kill_9(child: &mut std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 failed");
+    let _ = child.wait();
+}
+
+/// Path of the `dccf-node` binary built by `cargo test` (next to the test executable's `deps/`).
+pub fn node_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("dccf-node");
+    assert!(
+        bin.exists(),
+        "{} not found: run the suite with `cargo test` at the workspace root (it builds the binary)",
+        bin.display()
+    );
+    bin
+}
+
+/// The gRPC reason code a refusal carries in `dccf-reason`.
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("dccf-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}

@@ -262,11 +262,19 @@ pub fn incoming(
     let permits = Arc::new(tokio::sync::Semaphore::new(max_pending));
     tokio::spawn(async move {
         loop {
-            let permit = match permits.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return,
+            // Stop (and release the port) as soon as the server drops the incoming stream.
+            let permit = tokio::select! {
+                _ = tx.closed() => return,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
             };
-            let (tcp, peer): (TcpStream, SocketAddr) = match listener.accept().await {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer): (TcpStream, SocketAddr) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     // Transient (e.g. out of file descriptors): back off instead of spinning.
@@ -275,9 +283,6 @@ pub fn incoming(
                     continue;
                 }
             };
-            if tx.is_closed() {
-                return;
-            }
             // Small RPCs must not wait for delayed ACKs.
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();

@@ -46,7 +46,7 @@ pub async fn receive(
         (envelope, result)
     })
     .await
-    .map_err(|e| Refusal::new(RejectReason::Unspecified, format!("internal error: {e}")))?;
+    .map_err(|e| Refusal::retry_later(format!("internal error: {e}")))?;
     match checked {
         (_, Ok(Checked::Duplicate(receipt))) => Ok(*receipt),
         (envelope, Ok(Checked::Accept(accepted))) => {
@@ -59,7 +59,9 @@ pub async fn receive(
             result
         }
         (envelope, Err(refusal)) => {
-            record_refusal(state, peer_admin, &envelope, &digest, &refusal).await;
+            if !refusal.is_transient() {
+                record_refusal(state, peer_admin, &envelope, &digest, &refusal).await;
+            }
             Err(refusal)
         }
     }
@@ -143,13 +145,10 @@ fn check_and_open(
         return Ok(Checked::Duplicate(Box::new(receipt)));
     }
     if !state.begin_receive(&header.sender, &header.message_id) {
-        return Err(Refusal::new(
-            RejectReason::Unspecified,
-            format!(
-                "message {} is already being received; retry",
-                header.message_id
-            ),
-        ));
+        return Err(Refusal::retry_later(format!(
+            "message {} is already being received; retry",
+            header.message_id
+        )));
     }
     let opened = open::open_payload(envelope, &header, state.identity.hpke.private_key())
         .map(|o| o.payload)
@@ -174,8 +173,7 @@ fn duplicate(
     header: &EnvelopeHeader,
     digest: &[u8; 32],
 ) -> Result<Option<Receipt>, Refusal> {
-    let internal =
-        |e: String| Refusal::new(RejectReason::Unspecified, format!("internal error: {e}"));
+    let internal = |e: String| Refusal::retry_later(format!("internal error: {e}"));
     let Some(bytes) = state
         .store
         .get(&received_key(&header.sender, &header.message_id))
@@ -205,8 +203,7 @@ async fn accept(
     digest: &[u8; 32],
     accepted: Accepted,
 ) -> Result<Receipt, Refusal> {
-    let internal =
-        |e: String| Refusal::new(RejectReason::Unspecified, format!("internal error: {e}"));
+    let internal = |e: String| Refusal::retry_later(format!("internal error: {e}"));
     let header = &accepted.header;
     let received_at_ms = now_ms();
     let (index, head) = {

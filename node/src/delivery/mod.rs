@@ -34,9 +34,24 @@ impl Refusal {
         }
     }
 
+    /// A transient condition on this node (storage failure, the same message being received
+    /// concurrently): not a decision about the envelope, so it is not ledgered, and the sender
+    /// should retry later.
+    pub fn retry_later(message: impl Into<String>) -> Self {
+        Refusal::new(RejectReason::Unspecified, message)
+    }
+
+    /// True for [`Refusal::retry_later`] refusals.
+    pub fn is_transient(&self) -> bool {
+        self.reason == RejectReason::Unspecified
+    }
+
     /// The gRPC status for this refusal, with the reason in `dccf-reason` metadata.
     pub fn to_status(&self) -> tonic::Status {
         use tonic::Code;
+        if self.is_transient() {
+            return tonic::Status::unavailable(self.message.clone());
+        }
         let code = match self.reason {
             RejectReason::SenderMismatch
             | RejectReason::NotAParty

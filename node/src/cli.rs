@@ -290,7 +290,9 @@ pub fn gateway_client_for(
         server_name,
         tls_config,
         std::time::Duration::from_secs(limits.connect_timeout_secs),
-        std::time::Duration::from_secs(limits.request_timeout_secs * 2),
+        std::time::Duration::from_secs(
+            limits.connect_timeout_secs + limits.request_timeout_secs + 10,
+        ),
     )
     .map_err(err)?;
     Ok(GatewayClient::new(channel)

@@ -125,19 +125,24 @@ pub async fn start_on(
     // enforces the exact limit with RESOURCE_EXHAUSTED.
     let max_frame = limits.max_message_bytes + 64 * 1024;
 
-    let builder = || {
+    let builder = |timeout: Duration| {
         tonic::transport::Server::builder()
             .max_concurrent_streams(limits.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .timeout(Duration::from_secs(limits.request_timeout_secs))
+            .timeout(timeout)
             .layer(size_limit::TooLargeIsResourceExhausted)
     };
+    let exchange_timeout = Duration::from_secs(limits.request_timeout_secs);
+    // A Gateway Send includes connecting to and waiting for the partner: its deadline covers
+    // both, so the back office hears the partner's outcome rather than a generic timeout.
+    let gateway_timeout =
+        Duration::from_secs(limits.connect_timeout_secs + limits.request_timeout_secs + 5);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let exchange_task = tokio::spawn(
-        builder()
+        builder(exchange_timeout)
             .add_service(
                 ExchangeServer::new(exchange::ExchangeService::new(state.clone()))
                     .max_decoding_message_size(max_frame)
@@ -154,7 +159,7 @@ pub async fn start_on(
             ),
     );
     let gateway_task = tokio::spawn(
-        builder()
+        builder(gateway_timeout)
             .add_service(
                 GatewayServer::new(gateway::GatewayService::new(state.clone()))
                     .max_decoding_message_size(max_frame)

@@ -219,10 +219,13 @@ impl Agreement {
                     flow.from
                 )));
             }
-            if pool.get_message_by_name(&flow.message_type).is_none() {
+            if pool.get_message_by_name(&flow.message_type).is_none()
+                || !crate::proto::MESSAGE_TYPES.contains(&flow.message_type.as_str())
+            {
                 return Err(invalid(format!(
-                    "flows[{i}].message_type: unknown message type {:?}",
-                    flow.message_type
+                    "flows[{i}].message_type: {:?} is not a customs message type (one of {})",
+                    flow.message_type,
+                    crate::proto::MESSAGE_TYPES.join(", ")
                 )));
             }
         }
@@ -614,6 +617,10 @@ pub(crate) mod tests {
                 "flows[0].message_type",
             ),
             (Box::new(|d| d.flows[0].to = "FR".into()), "flows[0].to"),
+            (
+                Box::new(|d| d.flows[0].message_type = "dccf.v1.LedgerEntry".into()),
+                "flows[0].message_type",
+            ),
             (Box::new(|d| d.parties.truncate(1)), "parties"),
             (
                 Box::new(|d| d.valid_until = "2019-01-01T00:00:00Z".parse().unwrap()),

@@ -25,7 +25,7 @@ pub enum Suite {
         #[arg(long)]
         json: bool,
         /// Iterations per measurement.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
         iterations: u32,
     },
 }
@@ -39,7 +39,7 @@ pub struct BenchError(String);
 pub async fn run(suite: Suite) -> Result<(), BenchError> {
     match suite {
         Suite::Envelope { json, iterations } => {
-            let r = tokio::task::spawn_blocking(move || envelope(iterations.max(10)))
+            let r = tokio::task::spawn_blocking(move || envelope(iterations))
                 .await
                 .map_err(|e| BenchError(e.to_string()))??;
             if json {

@@ -133,8 +133,10 @@ pub fn main() -> ExitCode {
 fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DCCF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if std::env::var("DCCF_LOG_FORMAT").is_ok_and(|f| f == "json") {
         let _ = builder.json().try_init();
@@ -195,6 +197,15 @@ pub fn init(
             config_path.display()
         )));
     }
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && let Some(Ok(first)) = entries.next()
+    {
+        return Err(err(format!(
+            "{} is not empty (it holds {}); init needs a new or empty directory",
+            dir.display(),
+            first.file_name().to_string_lossy()
+        )));
+    }
     let gateway_listen = match gateway_listen {
         Some(g) => g,
         None => SocketAddr::new(
@@ -205,12 +216,34 @@ pub fn init(
         ),
     };
     let endpoint = endpoint.unwrap_or_else(|| format!("https://{listen}"));
+
+    // Build everything in a private staging directory beside DIR and move it into place at the
+    // end, so that a failure at any step leaves nothing behind and init can simply be re-run.
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| err(format!("{}: {e}", parent.display())))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".dccf-init-")
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            err(format!(
+                "{}: cannot create a staging directory: {e}",
+                parent.display()
+            ))
+        })?;
     let paths = IdentityPaths {
-        dir: dir.to_owned(),
+        dir: staging.path().to_owned(),
     };
     let card = NodeIdentity::generate_all(&paths, admin, &listen.ip().to_string(), &endpoint)
-        .map_err(err)?;
-    std::fs::create_dir_all(dir.join("agreements"))
+        .map_err(|e| {
+            err(e.to_string().replace(
+                &staging.path().display().to_string(),
+                &dir.display().to_string(),
+            ))
+        })?;
+    std::fs::create_dir(staging.path().join("agreements"))
         .map_err(|e| err(format!("{}: {e}", dir.join("agreements").display())))?;
     let config = NodeConfig {
         admin: admin.to_owned(),
@@ -220,12 +253,26 @@ pub fn init(
         agreements_dir: "agreements".into(),
         limits: Limits::default(),
     };
-    std::fs::write(&config_path, config.to_commented_toml())
-        .map_err(|e| err(format!("{}: {e}", config_path.display())))?;
+    crate::identity::keyfile::write_public(
+        &staging.path().join("node.toml"),
+        config.to_commented_toml().as_bytes(),
+    )
+    .map_err(err)?;
+    if dir.exists() {
+        // Checked empty above; an empty directory is replaced by the staged one.
+        std::fs::remove_dir(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    }
+    std::fs::rename(staging.path(), dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    // The staging directory now lives at DIR; keep TempDir from deleting it.
+    let _ = staging.keep();
     Ok(card)
 }
 
 async fn serve(config_path: &Path) -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: a SIGTERM that arrives while the node starts is queued, not fatal.
+    let mut term = signal(SignalKind::terminate()).map_err(err)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(err)?;
     let config = NodeConfig::load(config_path).map_err(err)?;
     let mut node = crate::server::start(config).await.map_err(err)?;
     eprintln!(
@@ -234,9 +281,6 @@ async fn serve(config_path: &Path) -> Result<(), CliError> {
         node.exchange_addr,
         node.gateway_addr
     );
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(err)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(err)?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,

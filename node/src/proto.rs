@@ -7,6 +7,15 @@ pub mod v1 {
     tonic::include_proto!("dccf.v1");
 }
 
+/// The customs message types that may travel in an envelope (agreement flows name these; the
+/// other `dccf.v1` messages are the protocol's own and never a payload).
+pub const MESSAGE_TYPES: &[&str] = &[
+    "dccf.v1.PreArrivalDeclaration",
+    "dccf.v1.AeoStatusQuery",
+    "dccf.v1.AeoStatusResponse",
+    "dccf.v1.RiskAlert",
+];
+
 /// The compiled file descriptor set of `proto/` (for reflection, JSON mapping and field checks).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/dccf_descriptor.bin"));

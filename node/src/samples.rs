@@ -35,18 +35,11 @@ const HOUR_MS: i64 = 3_600 * SECOND_MS;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// Fully qualified protobuf names of the customs message types this module produces.
-const ALL_TYPES: &[&str] = &[
-    "dccf.v1.PreArrivalDeclaration",
-    "dccf.v1.AeoStatusQuery",
-    "dccf.v1.AeoStatusResponse",
-    "dccf.v1.RiskAlert",
-];
-
 /// The fully qualified protobuf names of the sample message types, e.g.
 /// `"dccf.v1.PreArrivalDeclaration"`, as used in `EnvelopeHeader.message_type` and agreement flows.
 #[must_use]
 pub fn all_types() -> &'static [&'static str] {
-    ALL_TYPES
+    crate::proto::MESSAGE_TYPES
 }
 
 /// A serialized sample of the message type `message_type` (one of [`all_types`]) for sequence

@@ -1,7 +1,7 @@
 //! The receive pipeline: what a node does with an envelope a partner delivers.
 //!
-//! Checks run cheapest first — parse, addressing, TLS identity, agreement, signature, clock,
-//! policy, duplicate — and only then decrypt. Every refusal from an authenticated partner is
+//! Checks run cheapest first — parse, addressing, TLS identity, duplicate, agreement, signature,
+//! clock, policy — and only then decrypt. Every refusal from an authenticated partner is
 //! recorded in the ledger with its reason before the partner hears of it; every acceptance is
 //! recorded, receipted and put in the inbox durably before the receipt is returned.
 
@@ -111,6 +111,11 @@ fn check_and_open(
             ),
         ));
     }
+    // A byte-identical envelope from its authenticated sender was verified when first accepted:
+    // answer with the original receipt, even if it has expired or the agreement changed since.
+    if let Some(receipt) = duplicate(state, &header, digest)? {
+        return Ok(Checked::Duplicate(Box::new(receipt)));
+    }
     let now = now_ms();
     let agreements = state.agreements();
     let agreement =
@@ -140,10 +145,6 @@ fn check_and_open(
         },
     )?;
     policy::check(agreement, &facts)?;
-
-    if let Some(receipt) = duplicate(state, &header, digest)? {
-        return Ok(Checked::Duplicate(Box::new(receipt)));
-    }
     if !state.begin_receive(&header.sender, &header.message_id) {
         return Err(Refusal::retry_later(format!(
             "message {} is already being received; retry",

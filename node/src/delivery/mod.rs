@@ -75,11 +75,15 @@ impl Refusal {
 
     /// Reads the reason back from a status produced by [`Refusal::to_status`].
     pub fn from_status(status: &tonic::Status) -> Option<Refusal> {
-        let reason = status.metadata().get(REASON_METADATA)?.to_str().ok()?;
-        Some(Refusal {
-            reason: RejectReason::from_str_name(reason)?,
-            message: status.message().to_owned(),
-        })
+        let name = status.metadata().get(REASON_METADATA)?.to_str().ok()?;
+        let reason = RejectReason::from_str_name(name)?;
+        // The message carries the reason as a prefix already (see Display); keep it once.
+        let message = status.message();
+        let message = message
+            .strip_prefix(&format!("[{name}] "))
+            .unwrap_or(message)
+            .to_owned();
+        Some(Refusal { reason, message })
     }
 }
 

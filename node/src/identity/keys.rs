@@ -86,13 +86,16 @@ impl SigningIdentity {
 
     /// Writes the key as PKCS#8 PEM (`PRIVATE KEY`) to a new 0600 file.
     pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
-        let pem = self
-            .key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| IdentityError::Write {
-                path: path.to_path_buf(),
-                source: std::io::Error::other(one_line(e)),
-            })?;
+        // PKCS#8 v1 (no embedded public key): the form OpenSSL and other standard tools read.
+        let pem = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| IdentityError::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(one_line(e)),
+        })?;
         write_secret(path, pem.as_bytes())
     }
 

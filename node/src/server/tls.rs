@@ -34,6 +34,9 @@ pub enum TlsError {
         /// What is wrong.
         detail: String,
     },
+    /// A key file could not be read (the error names it).
+    #[error(transparent)]
+    Identity(crate::identity::IdentityError),
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
@@ -88,10 +91,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads a PEM private key, checking its file permissions first.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = crate::identity::keyfile::read_secret(path).map_err(|e| TlsError::File {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })?;
+    let bytes = crate::identity::keyfile::read_secret(path).map_err(TlsError::Identity)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::File {
         path: path.to_owned(),
         detail: format!("not a PEM private key ({e})"),

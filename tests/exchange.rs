@@ -290,9 +290,39 @@ async fn a_back_office_retry_with_the_same_message_id_is_not_delivered_twice() {
     );
     req.message_id = uuid_v7();
     let a = nl.send(req.clone()).await.unwrap().into_inner();
-    let b = nl.send(req).await.unwrap().into_inner();
+    let b = nl.send(req.clone()).await.unwrap().into_inner();
     assert_eq!(a.receipt, b.receipt);
     assert_eq!(drain_inbox(&mut fed.gateway("BR")).await.len(), 1);
+
+    // Reusing the id for other content is refused, not silently answered with the old receipt.
+    req.payload = dccf_node::samples::risk_alert(6).encode_to_vec();
+    let status = nl.send(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(reason(&status), "REJECT_REASON_DUPLICATE_CONFLICT");
+    assert_eq!(drain_inbox(&mut fed.gateway("BR")).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_redelivery_after_expiry_still_gets_the_original_receipt() {
+    let fed = Federation::nl_br().await;
+    let env = fed.envelope(
+        "NL",
+        "BR",
+        ALERT,
+        &dccf_node::samples::risk_alert(1).encode_to_vec(),
+        |o| {
+            o.expires_at_ms = o.created_at_ms + 1_000;
+        },
+    );
+    let mut client = fed.exchange_as("NL", "BR");
+    let first = client.deliver(env.clone()).await.unwrap().into_inner();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let again = client
+        .deliver(env)
+        .await
+        .expect("a retry of an accepted envelope is not refused")
+        .into_inner();
+    assert_eq!(first, again);
 }
 
 #[tokio::test]

@@ -398,7 +398,16 @@ async fn send_file(config_path: &Path, file: &Path) -> Result<SendResponse, CliE
     let text =
         std::fs::read_to_string(file).map_err(|e| err(format!("{}: {e}", file.display())))?;
     let request = send_request_from_json(file, &text)?;
-    let mut client = gateway_client(config_path).await?;
+    let config = NodeConfig::load(config_path).map_err(err)?;
+    let limit = config.limits.max_message_bytes;
+    if request.payload.len() > limit {
+        return Err(err(format!(
+            "{}: message is {} bytes encoded; the node accepts at most {limit} (limits.max_message_bytes)",
+            file.display(),
+            request.payload.len()
+        )));
+    }
+    let mut client = gateway_client_for(&config)?;
     client
         .send(request)
         .await

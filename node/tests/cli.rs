@@ -933,3 +933,25 @@ fn serve_without_config_is_a_usage_error() {
     );
     assert_mentions(&run.stderr, &["--config"]);
 }
+
+#[test]
+fn send_of_a_message_over_the_size_limit_names_the_file_and_the_limit() {
+    let node = init_node("NL");
+    let config = node.dir.join("node.toml");
+    edit(
+        &config,
+        "max_message_bytes = 4194304",
+        "max_message_bytes = 2048",
+    );
+    let file = node.dir.join("big.json");
+    let big = serde_json::json!({
+        "agreement": "nl-br-exchange",
+        "to": "BR",
+        "type": "dccf.v1.RiskAlert",
+        "message": { "description": "x".repeat(4096) },
+    });
+    std::fs::write(&file, big.to_string()).expect("write");
+    let run = dccf(&["send", "--config", s(&config), "--file", s(&file)]);
+    let line = assert_one_line_error(&run);
+    assert_mentions(&line, &[s(&file), "2048", "max_message_bytes"]);
+}

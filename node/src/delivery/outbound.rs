@@ -83,6 +83,23 @@ impl SendError {
     }
 }
 
+/// Digest of what the back office asked to send, to recognise a retry of the same message.
+fn request_digest(req: &SendRequest) -> [u8; 32] {
+    let fields: [&[u8]; 5] = [
+        req.agreement_id.as_bytes(),
+        req.recipient.as_bytes(),
+        req.message_type.as_bytes(),
+        &req.payload,
+        req.in_reply_to.as_bytes(),
+    ];
+    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(fields.len() * 2);
+    for f in fields {
+        parts.push((f.len() as u64).to_be_bytes().to_vec());
+        parts.push(f.to_vec());
+    }
+    crate::envelope::sha256_parts(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>())
+}
+
 /// Key of the sent record of `message_id`.
 pub fn sent_key(message_id: &str) -> Vec<u8> {
     [b"s/".as_slice(), message_id.as_bytes()].concat()
@@ -150,6 +167,16 @@ pub async fn send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRespon
         .map(|b| SentRecord::decode(b.as_slice()))
         .transpose()
         .map_err(|e| internal(&e))?;
+    let req_digest = request_digest(&req);
+    if let Some(record) = &existing
+        && !record.request_digest.is_empty()
+        && record.request_digest != req_digest
+    {
+        return Err(refused(Refusal::new(
+            RejectReason::DuplicateConflict,
+            format!("message id {message_id} was already used for a different message"),
+        )));
+    }
     let (envelope, digest, sent_index) = match existing {
         Some(SentRecord {
             receipt: Some(receipt),
@@ -227,6 +254,7 @@ pub async fn send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRespon
                     sent_ledger_index: index,
                     receipt: None,
                     envelope_digest: digest.to_vec(),
+                    request_digest: req_digest.to_vec(),
                 };
                 txn.put(sent_key(&message_id), record.encode_to_vec())
                     .map_err(|e| internal(&e))?;
@@ -236,7 +264,16 @@ pub async fn send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRespon
             (envelope, digest, index)
         }
     };
-    deliver(state, &partner, &message_id, envelope, &digest, sent_index).await
+    deliver(
+        state,
+        &partner,
+        &message_id,
+        envelope,
+        &digest,
+        sent_index,
+        &req_digest,
+    )
+    .await
 }
 
 async fn deliver(
@@ -246,6 +283,7 @@ async fn deliver(
     envelope: Envelope,
     digest: &[u8; 32],
     sent_index: u64,
+    req_digest: &[u8; 32],
 ) -> Result<SendResponse, SendError> {
     let admin = partner.card.admin.clone();
     let internal = |e: &dyn std::fmt::Display| SendError::Internal(e.to_string());
@@ -317,6 +355,7 @@ async fn deliver(
             sent_ledger_index: sent_index,
             receipt: Some(receipt.clone()),
             envelope_digest: digest.to_vec(),
+            request_digest: req_digest.to_vec(),
         };
         txn.put(sent_key(message_id), record.encode_to_vec())
             .map_err(|e| internal(&e))?;

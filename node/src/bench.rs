@@ -74,11 +74,26 @@ pub async fn run(suite: Suite) -> Result<(), BenchError> {
                     "ratio_to_floor (target <= 1.25)", r.ratio_to_floor
                 );
                 println!("  where the time above the floor goes:");
-                println!("  {:<44} {:>10.1}", "hpke seal+open alone (us)", r.hpke_seal_open_us);
-                println!("  {:<44} {:>10.1}", "x25519 keygen + 2 DH alone (us)", r.x25519_floor_us);
-                println!("  {:<44} {:>10.1}", "ed25519 sign + verify alone (us)", r.ed25519_floor_us);
-                println!("  {:<44} {:>10.1}", "hpke_overhead_us (hpke beyond X25519)", r.hpke_overhead_us);
-                println!("  {:<44} {:>10.1}", "envelope_code_overhead_us (ours)", r.envelope_code_overhead_us);
+                println!(
+                    "  {:<44} {:>10.1}",
+                    "hpke seal+open alone (us)", r.hpke_seal_open_us
+                );
+                println!(
+                    "  {:<44} {:>10.1}",
+                    "x25519 keygen + 2 DH alone (us)", r.x25519_floor_us
+                );
+                println!(
+                    "  {:<44} {:>10.1}",
+                    "ed25519 sign + verify alone (us)", r.ed25519_floor_us
+                );
+                println!(
+                    "  {:<44} {:>10.1}",
+                    "hpke_overhead_us (hpke beyond X25519)", r.hpke_overhead_us
+                );
+                println!(
+                    "  {:<44} {:>10.1}",
+                    "envelope_code_overhead_us (ours)", r.envelope_code_overhead_us
+                );
             }
             Ok(())
         }
@@ -173,7 +188,11 @@ pub fn envelope(iterations: u32) -> Result<EnvelopeFigures, BenchError> {
     let envelope = seal(&msg, &sender, &recipient_pk).map_err(fail)?;
     let header = open::parse_header(&envelope).map_err(fail)?;
     open::verify_signature(&envelope, &sender_pub, "NL").map_err(fail)?;
-    if open::open_payload(&envelope, &header, &recipient_sk).map_err(fail)?.payload != payload {
+    if open::open_payload(&envelope, &header, &recipient_sk)
+        .map_err(fail)?
+        .payload
+        != payload
+    {
         return Err(BenchError("round trip changed the payload".into()));
     }
 
@@ -190,12 +209,15 @@ pub fn envelope(iterations: u32) -> Result<EnvelopeFigures, BenchError> {
     };
 
     // The floor: the asymmetric operations any sign-and-encrypt scheme of this kind must do.
-    let signed_bytes = crate::envelope::pae::pae(crate::envelope::pae::ENVELOPE_HEADER_TYPE, &envelope.header);
+    let signed_bytes =
+        crate::envelope::pae::pae(crate::envelope::pae::ENVELOPE_HEADER_TYPE, &envelope.header);
     let recipient_static = x25519_dalek::StaticSecret::random_from_rng(OsRng);
     let recipient_public = x25519_dalek::PublicKey::from(&recipient_static);
     let ed25519 = || -> Result<(), BenchError> {
         let sig = sender.sign(&signed_bytes);
-        sender_pub.verify_strict(&signed_bytes, &sig).map_err(|e| other(&e))
+        sender_pub
+            .verify_strict(&signed_bytes, &sig)
+            .map_err(|e| other(&e))
     };
     let x25519 = || {
         let eph = x25519_dalek::EphemeralSecret::random_from_rng(OsRng);
@@ -218,15 +240,16 @@ pub fn envelope(iterations: u32) -> Result<EnvelopeFigures, BenchError> {
     let body = vec![0x5au8; payload.len() + 36];
     let info = crate::envelope::hpke_info(msg.message_id, "NL", "BR", &digest);
     let mut hpke_only = || {
-        let (enc, ct) = hpke::single_shot_seal::<crate::envelope::Aead, crate::envelope::Kdf, Kem, _>(
-            &hpke::OpModeS::Base,
-            &recipient_pk,
-            &info,
-            &body,
-            &[],
-            &mut OsRng,
-        )
-        .map_err(|e| other(&e))?;
+        let (enc, ct) =
+            hpke::single_shot_seal::<crate::envelope::Aead, crate::envelope::Kdf, Kem, _>(
+                &hpke::OpModeS::Base,
+                &recipient_pk,
+                &info,
+                &body,
+                &[],
+                &mut OsRng,
+            )
+            .map_err(|e| other(&e))?;
         let pt = hpke::single_shot_open::<crate::envelope::Aead, crate::envelope::Kdf, Kem>(
             &hpke::OpModeR::Base,
             &recipient_sk,
@@ -248,8 +271,14 @@ pub fn envelope(iterations: u32) -> Result<EnvelopeFigures, BenchError> {
         &mut ed25519_only,
     ];
     let best = interleaved_best_us(iterations, &mut work)?;
-    let [seal_sign_us, verify_open_us, crypto_floor_us, hpke_seal_open_us, x25519_floor_us, ed25519_floor_us] =
-        best[..]
+    let [
+        seal_sign_us,
+        verify_open_us,
+        crypto_floor_us,
+        hpke_seal_open_us,
+        x25519_floor_us,
+        ed25519_floor_us,
+    ] = best[..]
     else {
         return Err(BenchError("missing figures".into()));
     };

@@ -375,13 +375,8 @@ fn request(
     in_reply_to: &str,
 ) -> SendRequest {
     SendRequest {
-        agreement_id: agreement.into(),
-        recipient: to.into(),
-        message_type: message_type.into(),
-        payload,
         in_reply_to: in_reply_to.into(),
-        ttl_seconds: 0,
-        message_id: String::new(),
+        ..crate::delivery::outbound::request(agreement, to, message_type, payload)
     }
 }
 

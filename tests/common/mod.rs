@@ -313,15 +313,7 @@ pub fn send_request(
     message_type: &str,
     payload: Vec<u8>,
 ) -> SendRequest {
-    SendRequest {
-        agreement_id: agreement.into(),
-        recipient: to.into(),
-        message_type: message_type.into(),
-        payload,
-        in_reply_to: String::new(),
-        ttl_seconds: 0,
-        message_id: String::new(),
-    }
+    dccf_node::delivery::outbound::request(agreement, to, message_type, payload)
 }
 
 /// Reads the whole inbox of a Gateway without waiting for new messages.

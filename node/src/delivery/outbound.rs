@@ -83,6 +83,23 @@ impl SendError {
     }
 }
 
+/// A request to send `payload` (a serialized `message_type`) to `recipient` under `agreement`,
+/// with a node-chosen message id, the default lifetime and no reply reference.
+pub fn request(
+    agreement: &str,
+    recipient: &str,
+    message_type: &str,
+    payload: Vec<u8>,
+) -> SendRequest {
+    SendRequest {
+        agreement_id: agreement.into(),
+        recipient: recipient.into(),
+        message_type: message_type.into(),
+        payload,
+        ..Default::default()
+    }
+}
+
 /// Digest of what the back office asked to send, to recognise a retry of the same message.
 fn request_digest(req: &SendRequest) -> [u8; 32] {
     let fields: [&[u8]; 5] = [

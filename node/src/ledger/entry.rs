@@ -5,6 +5,19 @@ use prost::Message;
 
 use crate::proto::v1::{EntryKind, Envelope, LedgerEntry, Receipt, RejectReason};
 
+/// An entry of `kind` about the message `message_id` exchanged with `peer`, fields empty.
+fn base(kind: EntryKind, envelope_digest: &[u8; 32], message_id: &str, peer: &str) -> LedgerEntry {
+    LedgerEntry {
+        kind: kind as i32,
+        recorded_at_ms: crate::envelope::now_ms(),
+        envelope_digest: envelope_digest.to_vec(),
+        reason: RejectReason::Unspecified as i32,
+        peer: peer.to_owned(),
+        message_id: message_id.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// An entry about `envelope` (header, signature and digest copied in).
 pub fn about_envelope(
     kind: EntryKind,
@@ -14,16 +27,9 @@ pub fn about_envelope(
     peer: &str,
 ) -> LedgerEntry {
     LedgerEntry {
-        kind: kind as i32,
-        recorded_at_ms: crate::envelope::now_ms(),
         envelope_header: envelope.header.clone(),
         envelope_signature: envelope.signature.clone(),
-        envelope_digest: envelope_digest.to_vec(),
-        receipt: None,
-        reason: RejectReason::Unspecified as i32,
-        detail: String::new(),
-        peer: peer.to_owned(),
-        message_id: message_id.to_owned(),
+        ..base(kind, envelope_digest, message_id, peer)
     }
 }
 
@@ -36,16 +42,8 @@ pub fn about_receipt(
     peer: &str,
 ) -> LedgerEntry {
     LedgerEntry {
-        kind: kind as i32,
-        recorded_at_ms: crate::envelope::now_ms(),
-        envelope_header: Vec::new(),
-        envelope_signature: Vec::new(),
-        envelope_digest: envelope_digest.to_vec(),
         receipt: Some(receipt.clone()),
-        reason: RejectReason::Unspecified as i32,
-        detail: String::new(),
-        peer: peer.to_owned(),
-        message_id: message_id.to_owned(),
+        ..base(kind, envelope_digest, message_id, peer)
     }
 }
 

@@ -156,8 +156,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             dir,
         } => {
             let card = init(&admin, listen, gateway_listen, endpoint, &dir)?;
-            println!("# Party card of {admin} (give this to partners for agreements)");
-            println!("{}", card.to_toml().map_err(err)?);
+            emit(&format!(
+                "# Party card of {admin} (give this to partners for agreements)\n{}",
+                card.to_toml().map_err(err)?
+            ))?;
             eprintln!(
                 "created {} (config: {})",
                 dir.display(),
@@ -168,7 +170,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve { config } => serve(&config).await,
         Command::Send { config, file } => {
             let response = send_file(&config, &file).await?;
-            println!("{}", receipt_json(&response));
+            emit(&receipt_json(&response).to_string())?;
             Ok(())
         }
         Command::Inbox {
@@ -179,6 +181,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo { keep, dir } => crate::demo::run(keep, dir).await.map_err(err),
         Command::Bench { suite } => crate::bench::run(suite).await.map_err(err),
     }
+}
+
+/// Writes one line to stdout. A closed stdout (e.g. `| head`) is an error, not a panic, so a
+/// message that could not be printed is not acknowledged either.
+fn emit(line: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| err(format!("cannot write to standard output: {e}")))
 }
 
 /// Creates an administration's data directory; returns its party card.
@@ -226,6 +238,7 @@ pub fn init(
     std::fs::create_dir_all(&parent).map_err(|e| err(format!("{}: {e}", parent.display())))?;
     let staging = tempfile::Builder::new()
         .prefix(".dccf-init-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&parent)
         .map_err(|e| {
             err(format!(
@@ -469,7 +482,8 @@ async fn inbox(config_path: &Path, follow: bool, ack: bool) -> Result<(), CliErr
         .await
         .map_err(|s| err(format!("inbox failed ({:?}): {}", s.code(), s.message())))?
     {
-        println!("{}", inbox_json(&msg));
+        // Acknowledge only what was actually written out.
+        emit(&inbox_json(&msg).to_string())?;
         if ack {
             client
                 .ack(AckRequest {

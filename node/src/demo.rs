@@ -283,7 +283,8 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
         );
     }
     ack_all(&mut nl_gw, &queries).await?;
-    for m in &drain_inbox(&mut br_gw).await? {
+    let answers = drain_inbox(&mut br_gw).await?;
+    for m in &answers {
         let r = crate::proto::v1::AeoStatusResponse::decode(m.payload.as_slice()).map_err(fail)?;
         println!(
             "   BR inbox: AEO status of {} is {:?}",
@@ -291,6 +292,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
             r.status()
         );
     }
+    ack_all(&mut br_gw, &answers).await?;
 
     // 3. Refused by the sender's own node: BR may not send declarations to NL.
     println!("\n3. BR → NL  pre-arrival declaration, a flow the agreement does not list");

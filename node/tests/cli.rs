@@ -397,7 +397,7 @@ fn init_creates_identity_files_with_private_keys_0600_and_prints_the_party_card(
             key.display()
         );
     }
-    for sub in ["keys", "tls"] {
+    for sub in ["", "keys", "tls"] {
         assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/ must be mode 0700");
     }
 
@@ -954,4 +954,26 @@ fn send_of_a_message_over_the_size_limit_names_the_file_and_the_limit() {
     let run = dccf(&["send", "--config", s(&config), "--file", s(&file)]);
     let line = assert_one_line_error(&run);
     assert_mentions(&line, &[s(&file), "2048", "max_message_bytes"]);
+}
+
+#[test]
+fn a_closed_stdout_is_a_one_line_error_not_a_panic() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (listen, gateway) = free_addrs();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dccf-node"))
+        .args(["init", "--admin", "NL", "--listen", &listen.to_string()])
+        .args(["--gateway-listen", &gateway.to_string(), "--dir"])
+        .arg(tmp.path().join("nl"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Close the read end before the party card is printed, like `| head -c 0`.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit must be non-zero: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("standard output"), "{stderr}");
 }

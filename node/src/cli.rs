@@ -80,11 +80,40 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Work with agreement files: sign, verify, show.
+    Agreement {
+        /// What to do.
+        #[command(subcommand)]
+        action: AgreementAction,
+    },
     /// Measure performance; every suite prints a table, or one JSON object with --json.
     Bench {
         /// Which suite.
         #[command(subcommand)]
         suite: crate::bench::Suite,
+    },
+}
+
+/// `dccf-node agreement` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AgreementAction {
+    /// Sign FILE as this node's administration (writes FILE's sibling `STEM.<ADMIN>.sig`).
+    Sign {
+        /// Path to node.toml (whose administration and signing key sign).
+        #[arg(long)]
+        config: PathBuf,
+        /// The agreement file.
+        file: PathBuf,
+    },
+    /// Check the schema, every signature and the validity window; non-zero exit unless active.
+    Verify {
+        /// The agreement file.
+        file: PathBuf,
+    },
+    /// Print a readable summary: parties, validity, and who may send what to whom.
+    Show {
+        /// The agreement file.
+        file: PathBuf,
     },
 }
 
@@ -179,6 +208,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             ack,
         } => inbox(&config, follow, ack).await,
         Command::Demo { keep, dir } => crate::demo::run(keep, dir).await.map_err(err),
+        Command::Agreement { action } => {
+            use crate::agreement::commands;
+            let now = crate::envelope::now_ms();
+            let text = match action {
+                AgreementAction::Sign { config, file } => {
+                    format!(
+                        "wrote {}",
+                        commands::sign(&config, &file).map_err(err)?.display()
+                    )
+                }
+                AgreementAction::Verify { file } => commands::verify(&file, now).map_err(err)?,
+                AgreementAction::Show { file } => commands::show(&file, now).map_err(err)?,
+            };
+            emit(&text)
+        }
         Command::Bench { suite } => crate::bench::run(suite).await.map_err(err),
     }
 }

@@ -977,3 +977,82 @@ fn a_closed_stdout_is_a_one_line_error_not_a_panic() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("standard output"), "{stderr}");
 }
+
+/// An agreement between the administrations initialised in `nodes`, from their party cards.
+fn agreement_from_cards(nodes: &[&Node]) -> String {
+    let mut text = String::from(
+        "id = \"pilot\"\nversion = 1\ntitle = \"Pilot\"\nvalid_from = 2020-01-01T00:00:00Z\nvalid_until = 2100-01-01T00:00:00Z\n",
+    );
+    for n in nodes {
+        let card = std::fs::read_to_string(n.path("party.toml")).expect("party card");
+        text.push_str("\n[[parties]]\n");
+        text.push_str(&card);
+    }
+    text.push_str(
+        "\n[[flows]]\nmessage_type = \"dccf.v1.RiskAlert\"\nfrom = \"NL\"\nto = \"BR\"\n",
+    );
+    text
+}
+
+#[test]
+fn agreement_sign_then_verify_makes_it_active_and_show_lists_the_flows() {
+    let (nl, br) = (init_node("NL"), init_node("BR"));
+    let file = nl.path("agreements/pilot.toml");
+    std::fs::write(&file, agreement_from_cards(&[&nl, &br])).expect("write agreement");
+
+    let run = dccf(&["agreement", "verify", s(&file)]);
+    let line = assert_one_line_error(&run);
+    assert_mentions(&line, &["not signed by BR, NL"]);
+
+    for node in [&nl, &br] {
+        let run = dccf(&["agreement", "sign", "--config", s(&node.config()), s(&file)]);
+        assert!(run.status.success(), "{}", run.describe());
+    }
+    let run = dccf(&["agreement", "verify", s(&file)]);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(run.stdout.contains("status  active"), "{}", run.describe());
+    let run = dccf(&["agreement", "show", s(&file)]);
+    assert!(
+        run.stdout.contains("NL -> BR  dccf.v1.RiskAlert"),
+        "{}",
+        run.describe()
+    );
+
+    // Any edit after signing breaks the signatures, and verify names the file and the party.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("title = \"Pilot\"", "title = \"Pilot 2\"");
+    std::fs::write(&file, text).unwrap();
+    let run = dccf(&["agreement", "verify", s(&file)]);
+    let line = assert_one_line_error(&run);
+    assert_mentions(&line, &[s(&file), "does not verify"]);
+}
+
+#[test]
+fn agreement_sign_refuses_a_non_party_and_a_card_with_other_keys() {
+    let (nl, br, de) = (init_node("NL"), init_node("BR"), init_node("DE"));
+    let file = nl.path("agreements/pilot.toml");
+    std::fs::write(&file, agreement_from_cards(&[&nl, &br])).expect("write agreement");
+    let run = dccf(&["agreement", "sign", "--config", s(&de.config()), s(&file)]);
+    let line = assert_one_line_error(&run);
+    assert_mentions(&line, &["DE is not a party"]);
+
+    // BR's card replaced by DE's keys under BR's name: BR's node must refuse to sign it.
+    let de_card = std::fs::read_to_string(de.path("party.toml")).unwrap();
+    let br_card = std::fs::read_to_string(br.path("party.toml")).unwrap();
+    let de_key = de_card
+        .lines()
+        .find(|l| l.starts_with("signing_key"))
+        .unwrap();
+    let br_key = br_card
+        .lines()
+        .find(|l| l.starts_with("signing_key"))
+        .unwrap();
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(br_key, de_key);
+    std::fs::write(&file, text).unwrap();
+    let run = dccf(&["agreement", "sign", "--config", s(&br.config()), s(&file)]);
+    let line = assert_one_line_error(&run);
+    assert_mentions(&line, &["another signing key"]);
+}

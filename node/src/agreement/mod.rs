@@ -10,6 +10,8 @@
 //! The full policy engine (field allowlists, rates, retention) checks flows through
 //! [`crate::policy`]; this module only parses, verifies and indexes.
 
+pub mod commands;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -441,3 +441,76 @@ async fn a_stream_of_envelopes_gets_one_result_each() {
     assert_eq!(outcomes, [true, true, false, true, true, true]);
     assert_eq!(drain_inbox(&mut fed.gateway("BR")).await.len(), 5);
 }
+
+/// The example agreement, with the AEO answer limited to status fields (no name or address).
+fn status_only_agreement() -> String {
+    let example = dccf_node::demo::EXAMPLE_AGREEMENT;
+    let from = "message_type = \"dccf.v1.AeoStatusResponse\"\nfrom = \"NL\"\nto = \"BR\"\nfields = [\"*\"]";
+    assert!(example.contains(from), "example agreement changed shape");
+    example.replace(
+        from,
+        "message_type = \"dccf.v1.AeoStatusResponse\"\nfrom = \"NL\"\nto = \"BR\"\nfields = [\"query_reference\", \"operator_identifier\", \"identifier_kind\", \"status\", \"programme\", \"aeo_authorisation_number\", \"valid_from_ms\", \"valid_until_ms\", \"status_changed_at_ms\", \"as_of_ms\"]",
+    )
+}
+
+#[tokio::test]
+async fn fields_outside_the_flow_are_refused_by_the_sender_and_rejected_by_the_receiver() {
+    let template = status_only_agreement();
+    let fed = Federation::start(&["NL", "BR"], &template, "nl-br-exchange", |_| {}).await;
+    let query = dccf_node::samples::aeo_status_query("NLAEOC0001", 1);
+    let full =
+        dccf_node::samples::aeo_status_response(&query, dccf_node::proto::v1::AeoStatus::Valid);
+    assert!(
+        full.operator_name.is_some(),
+        "the sample discloses the name"
+    );
+    const RESPONSE: &str = "dccf.v1.AeoStatusResponse";
+
+    // Sender side: NL's own node refuses to disclose the name.
+    let status = fed
+        .gateway("NL")
+        .send(send_request(
+            "nl-br-exchange",
+            "BR",
+            RESPONSE,
+            full.encode_to_vec(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "REJECT_REASON_FIELD_NOT_ALLOWED");
+    assert!(
+        status.message().contains("field operator_name"),
+        "{}",
+        status.message()
+    );
+
+    // Receiver side: the same payload in a hand-built envelope is rejected after decryption.
+    let env = fed.envelope("NL", "BR", RESPONSE, &full.encode_to_vec(), |_| {});
+    let status = fed.exchange_as("NL", "BR").deliver(env).await.unwrap_err();
+    assert_eq!(
+        reason(&status),
+        "REJECT_REASON_FIELD_NOT_ALLOWED",
+        "{status:?}"
+    );
+    let entries = ledger_entries(fed.node("BR"));
+    assert_eq!(
+        entries.last().unwrap().reason(),
+        RejectReason::FieldNotAllowed
+    );
+    assert!(drain_inbox(&mut fed.gateway("BR")).await.is_empty());
+
+    // Without name and address the answer goes through.
+    let mut status_only = full.clone();
+    status_only.operator_name = None;
+    status_only.operator_address = None;
+    fed.gateway("NL")
+        .send(send_request(
+            "nl-br-exchange",
+            "BR",
+            RESPONSE,
+            status_only.encode_to_vec(),
+        ))
+        .await
+        .expect("status-only answer is allowed");
+}

@@ -1,8 +1,9 @@
 //! Policy: what an agreement allows. Both the sender (before sealing) and the receiver (after
 //! verifying) call the same checks, so the two sides enforce the agreement independently.
 //!
-//! This first cut checks that a flow exists for the message type in this direction. Field
-//! allowlists, rates, consent and onward-transfer rules extend [`check`] without changing callers.
+//! [`check`] finds the flow for the message type in this direction (before anything is sealed
+//! or decrypted); [`check_fields`] then checks every field the payload sets against that flow's
+//! allowlist. Rates, consent and onward-transfer rules extend these without changing callers.
 
 use crate::agreement::{Agreement, Flow};
 use crate::proto::v1::RejectReason;
@@ -68,6 +69,146 @@ pub fn check<'a>(
 }
 
 #[cfg(test)]
+mod field_tests {
+    use super::*;
+    use crate::agreement::tests::{doc, test_party};
+    use prost::Message;
+
+    fn agreement_with_fields(fields: &[&str]) -> Agreement {
+        let (nl, br) = (test_party("NL"), test_party("BR"));
+        let mut d = doc(&[&nl, &br]);
+        d.flows[0].message_type = "dccf.v1.AeoStatusResponse".into();
+        d.flows[0].fields = fields
+            .iter()
+            .map(|f| toml::Spanned::new(0..0, f.to_string()))
+            .collect();
+        let text = toml::to_string(&d).unwrap();
+        Agreement::parse(std::path::Path::new("a.toml"), text.as_bytes()).unwrap()
+    }
+
+    fn response(with_name: bool) -> prost_reflect::DynamicMessage {
+        let q = crate::samples::aeo_status_query("NLAEOC0001", 1);
+        let mut r = crate::samples::aeo_status_response(&q, crate::proto::v1::AeoStatus::Valid);
+        if !with_name {
+            r.operator_name = None;
+            r.operator_address = None;
+        }
+        let desc = crate::proto::descriptor_pool()
+            .get_message_by_name("dccf.v1.AeoStatusResponse")
+            .unwrap();
+        prost_reflect::DynamicMessage::decode(desc, r.encode_to_vec().as_slice()).unwrap()
+    }
+
+    const STATUS_ONLY: &[&str] = &[
+        "query_reference",
+        "operator_identifier",
+        "identifier_kind",
+        "status",
+        "programme",
+        "aeo_authorisation_number",
+        "valid_from_ms",
+        "valid_until_ms",
+        "status_changed_at_ms",
+        "as_of_ms",
+    ];
+
+    #[test]
+    fn fields_inside_the_allowlist_pass() {
+        let a = agreement_with_fields(STATUS_ONLY);
+        assert!(check_fields(&a, &a.doc.flows[0], &response(false)).is_ok());
+    }
+
+    #[test]
+    fn a_field_outside_the_allowlist_is_named() {
+        let a = agreement_with_fields(STATUS_ONLY);
+        let v = check_fields(&a, &a.doc.flows[0], &response(true)).unwrap_err();
+        assert_eq!(v.reason, RejectReason::FieldNotAllowed);
+        assert!(
+            v.message.contains("field operator_name is not allowed"),
+            "{}",
+            v.message
+        );
+        assert!(v.message.contains("test-agreement"), "{}", v.message);
+    }
+
+    #[test]
+    fn nested_paths_allow_exactly_their_subtree() {
+        let mut fields = STATUS_ONLY.to_vec();
+        fields.extend(["operator_name", "operator_address.country"]);
+        let a = agreement_with_fields(&fields);
+        let v = check_fields(&a, &a.doc.flows[0], &response(true)).unwrap_err();
+        assert!(
+            v.message.contains("field operator_address.street"),
+            "{}",
+            v.message
+        );
+        fields.push("operator_address");
+        let a = agreement_with_fields(&fields);
+        assert!(check_fields(&a, &a.doc.flows[0], &response(true)).is_ok());
+    }
+
+    #[test]
+    fn star_allows_the_whole_message() {
+        let a = agreement_with_fields(&["*"]);
+        assert!(check_fields(&a, &a.doc.flows[0], &response(true)).is_ok());
+    }
+
+    #[test]
+    fn repeated_messages_are_checked_element_by_element() {
+        let (nl, br) = (test_party("NL"), test_party("BR"));
+        let mut d = doc(&[&nl, &br]);
+        d.flows[0].message_type = "dccf.v1.PreArrivalDeclaration".into();
+        let top = [
+            "declaration_reference",
+            "ucr",
+            "master_transport_document",
+            "house_transport_document",
+            "created_at_ms",
+            "declarant",
+            "consignor",
+            "consignee",
+            "notify_party",
+            "transport_mode",
+            "conveyance",
+            "place_of_loading",
+            "place_of_discharge",
+            "eta_ms",
+            "total_gross_mass_grams",
+            "total_packages",
+        ];
+        let mut fields: Vec<String> = top.iter().map(|s| s.to_string()).collect();
+        fields.extend(
+            [
+                "goods_items.sequence_number",
+                "goods_items.hs_code",
+                "goods_items.description",
+            ]
+            .map(String::from),
+        );
+        d.flows[0].fields = fields
+            .into_iter()
+            .map(|f| toml::Spanned::new(0..0, f))
+            .collect();
+        let a = Agreement::parse(
+            std::path::Path::new("a.toml"),
+            toml::to_string(&d).unwrap().as_bytes(),
+        )
+        .unwrap();
+        let desc = crate::proto::descriptor_pool()
+            .get_message_by_name("dccf.v1.PreArrivalDeclaration")
+            .unwrap();
+        let decl = crate::samples::pre_arrival_declaration(1).encode_to_vec();
+        let msg = prost_reflect::DynamicMessage::decode(desc, decl.as_slice()).unwrap();
+        let v = check_fields(&a, &a.doc.flows[0], &msg).unwrap_err();
+        assert!(
+            v.message.contains("field goods_items.gross_mass_grams"),
+            "{}",
+            v.message
+        );
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::agreement::tests::{doc, test_party};
@@ -118,4 +259,63 @@ mod tests {
         assert_eq!(v.reason, RejectReason::NotAParty);
         assert!(v.message.contains("recipient FR"));
     }
+}
+
+/// Checks that every field `payload` sets is allowed by `flow`; the refusal names the agreement,
+/// the flow and the first field outside the allowlist.
+pub fn check_fields(
+    agreement: &Agreement,
+    flow: &Flow,
+    payload: &prost_reflect::DynamicMessage,
+) -> Result<(), PolicyViolation> {
+    match first_disallowed(flow, payload, "") {
+        None => Ok(()),
+        Some(path) => Err(PolicyViolation {
+            reason: RejectReason::FieldNotAllowed,
+            message: format!(
+                "agreement {} v{}, flow {} {}->{}: field {path} is not allowed",
+                agreement.id(),
+                agreement.doc.version,
+                flow.message_type,
+                flow.from,
+                flow.to
+            ),
+        }),
+    }
+}
+
+/// The path of the first set field of `message` (under `prefix`) that `flow` does not allow.
+fn first_disallowed(
+    flow: &Flow,
+    message: &prost_reflect::DynamicMessage,
+    prefix: &str,
+) -> Option<String> {
+    use prost_reflect::Value;
+    for (field, value) in message.fields() {
+        let path = if prefix.is_empty() {
+            field.name().to_owned()
+        } else {
+            format!("{prefix}.{}", field.name())
+        };
+        if flow.allows_field(&path) {
+            continue;
+        }
+        // Not allowed as a whole: a message may still be allowed field by field.
+        let nested: Vec<&prost_reflect::DynamicMessage> = match value {
+            Value::Message(m) => vec![m],
+            Value::List(items) => items.iter().filter_map(Value::as_message).collect(),
+            _ => Vec::new(),
+        };
+        let is_message = matches!(field.kind(), prost_reflect::Kind::Message(_));
+        if !is_message {
+            return Some(path);
+        }
+        if nested.is_empty() {
+            return Some(path);
+        }
+        if let Some(deeper) = nested.iter().find_map(|m| first_disallowed(flow, m, &path)) {
+            return Some(deeper);
+        }
+    }
+    None
 }

@@ -989,7 +989,7 @@ fn agreement_from_cards(nodes: &[&Node]) -> String {
         text.push_str(&card);
     }
     text.push_str(
-        "\n[[flows]]\nmessage_type = \"dccf.v1.RiskAlert\"\nfrom = \"NL\"\nto = \"BR\"\n",
+        "\n[[flows]]\nmessage_type = \"dccf.v1.RiskAlert\"\nfrom = \"NL\"\nto = \"BR\"\nfields = [\"*\"]\n",
     );
     text
 }

@@ -49,11 +49,13 @@ ca_cert = ""
 message_type = "dccf.v1.RiskAlert"
 from = "NL"
 to = "BR"
+fields = ["*"]
 
 [[flows]]
 message_type = "dccf.v1.RiskAlert"
 from = "DE"
 to = "BR"
+fields = ["*"]
 "#;
 
 /// One administration of a test federation.

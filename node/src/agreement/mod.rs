@@ -109,6 +109,63 @@ pub struct Flow {
     pub from: String,
     /// Receiving administration.
     pub to: String,
+    /// Payload fields that may be sent, as protobuf field paths of `message_type`
+    /// (e.g. `declaration_reference`, `consignor.name`, `goods_items.hs_code`; repeated fields are
+    /// traversed implicitly). A path allows everything beneath it; `"*"` allows the whole message.
+    /// Every path is checked against the message descriptor when the agreement loads.
+    pub fields: Vec<toml::Spanned<String>>,
+}
+
+impl Flow {
+    /// True if this flow allows the field at `path` (dot-separated field names).
+    pub fn allows_field(&self, path: &str) -> bool {
+        self.fields.iter().any(|allowed| {
+            let allowed = allowed.get_ref().as_str();
+            allowed == "*"
+                || allowed == path
+                || path
+                    .strip_prefix(allowed)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+}
+
+/// Checks that `path` names a field (and sub-fields) of `message`; the error says which segment
+/// is unknown.
+fn check_field_path(message: &prost_reflect::MessageDescriptor, path: &str) -> Result<(), String> {
+    if path == "*" {
+        return Ok(());
+    }
+    let mut current = message.clone();
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let field = current.get_field_by_name(segment).ok_or_else(|| {
+            format!(
+                "unknown field {segment:?} in {path:?} (no such field in {})",
+                current.full_name()
+            )
+        })?;
+        if segments.peek().is_some() {
+            current = match field.kind() {
+                prost_reflect::Kind::Message(m) => m,
+                _ => {
+                    return Err(format!(
+                        "{path:?}: {segment:?} is not a message, it has no sub-fields"
+                    ));
+                }
+            };
+        }
+    }
+    Ok(())
+}
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// A party with its keys decoded once at load time.
@@ -221,14 +278,29 @@ impl Agreement {
                     flow.from
                 )));
             }
-            if pool.get_message_by_name(&flow.message_type).is_none()
-                || !crate::proto::MESSAGE_TYPES.contains(&flow.message_type.as_str())
-            {
+            let descriptor = pool
+                .get_message_by_name(&flow.message_type)
+                .filter(|_| crate::proto::MESSAGE_TYPES.contains(&flow.message_type.as_str()))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "flows[{i}].message_type: {:?} is not a customs message type (one of {})",
+                        flow.message_type,
+                        crate::proto::MESSAGE_TYPES.join(", ")
+                    ))
+                })?;
+            if flow.fields.is_empty() {
                 return Err(invalid(format!(
-                    "flows[{i}].message_type: {:?} is not a customs message type (one of {})",
-                    flow.message_type,
-                    crate::proto::MESSAGE_TYPES.join(", ")
+                    "flows[{i}].fields: empty; list the allowed field paths of {}, or [\"*\"] for the whole message",
+                    flow.message_type
                 )));
+            }
+            for path in &flow.fields {
+                check_field_path(&descriptor, path.get_ref()).map_err(|detail| {
+                    invalid(format!(
+                        "line {}: flows[{i}].fields: {detail}",
+                        line_of(text, path.span().start)
+                    ))
+                })?;
             }
         }
         Ok(Agreement {
@@ -494,6 +566,7 @@ pub(crate) mod tests {
                 message_type: "dccf.v1.RiskAlert".into(),
                 from: parties[0].card.admin.clone(),
                 to: parties[1].card.admin.clone(),
+                fields: vec![toml::Spanned::new(0..0, "*".to_owned())],
             }],
         }
     }
@@ -509,6 +582,18 @@ pub(crate) mod tests {
     }
 
     const NOW: i64 = 1_790_000_000_000;
+
+    #[test]
+    fn the_shipped_example_agreement_is_signed_by_all_its_parties() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agreements");
+        let set = AgreementSet::load_dir(&dir)
+            .expect("shipped agreements load and their signatures verify");
+        let a = set
+            .active("nl-br-exchange", NOW)
+            .expect("active inside its window");
+        assert!(a.unsigned_by.is_empty());
+        assert_eq!(a.parties.keys().collect::<Vec<_>>(), ["BR", "NL"]);
+    }
 
     #[test]
     fn fully_signed_agreement_in_window_is_active() {
@@ -619,6 +704,22 @@ pub(crate) mod tests {
                 "flows[0].message_type",
             ),
             (Box::new(|d| d.flows[0].to = "FR".into()), "flows[0].to"),
+            (
+                Box::new(|d| d.flows[0].fields.clear()),
+                "flows[0].fields: empty",
+            ),
+            (
+                Box::new(|d| {
+                    d.flows[0].fields = vec![toml::Spanned::new(0..0, "descripton".into())]
+                }),
+                "unknown field \"descripton\"",
+            ),
+            (
+                Box::new(|d| {
+                    d.flows[0].fields = vec![toml::Spanned::new(0..0, "severity.level".into())]
+                }),
+                "not a message",
+            ),
             (
                 Box::new(|d| d.flows[0].message_type = "dccf.v1.LedgerEntry".into()),
                 "flows[0].message_type",

@@ -144,7 +144,7 @@ fn check_and_open(
             max_ttl_secs: state.config.limits.max_envelope_ttl_secs,
         },
     )?;
-    policy::check(agreement, &facts)?;
+    let flow = policy::check(agreement, &facts)?;
     if !state.begin_receive(&header.sender, &header.message_id) {
         return Err(Refusal::retry_later(format!(
             "message {} is already being received; retry",
@@ -155,7 +155,8 @@ fn check_and_open(
         .map(|o| o.payload)
         .map_err(Refusal::from)
         .and_then(|payload| {
-            super::check_payload(&header.message_type, &payload)?;
+            let message = super::check_payload(&header.message_type, &payload)?;
+            policy::check_fields(agreement, flow, &message)?;
             Ok(payload)
         });
     match opened {

@@ -55,7 +55,8 @@ impl Refusal {
         let code = match self.reason {
             RejectReason::SenderMismatch
             | RejectReason::NotAParty
-            | RejectReason::FlowNotAllowed => Code::PermissionDenied,
+            | RejectReason::FlowNotAllowed
+            | RejectReason::FieldNotAllowed => Code::PermissionDenied,
             RejectReason::BadSignature => Code::Unauthenticated,
             RejectReason::UnknownAgreement
             | RejectReason::AgreementDigestMismatch

@@ -151,8 +151,9 @@ pub async fn send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRespon
         recipient: &req.recipient,
         message_type: &req.message_type,
     };
-    policy::check(agreement, &flow_facts).map_err(|v| refused(v.into()))?;
-    super::check_payload(&req.message_type, &req.payload).map_err(refused)?;
+    let flow = policy::check(agreement, &flow_facts).map_err(|v| refused(v.into()))?;
+    let message = super::check_payload(&req.message_type, &req.payload).map_err(refused)?;
+    policy::check_fields(agreement, flow, &message).map_err(|v| refused(v.into()))?;
     let partner = agreement
         .party(&req.recipient)
         .ok_or_else(|| {

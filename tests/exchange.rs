@@ -169,9 +169,23 @@ async fn the_sender_refuses_what_the_agreement_does_not_allow() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(reason(&status), "REJECT_REASON_PAYLOAD_INVALID");
 
-    // Nothing reached NL, and BR's ledger recorded nothing sent.
+    // Nothing reached NL; BR's ledger records each refusal with its reason, and nothing sent.
     assert!(ledger_entries(fed.node("NL")).is_empty());
-    assert!(ledger_entries(fed.node("BR")).is_empty());
+    let br_entries = ledger_entries(fed.node("BR"));
+    assert_eq!(kinds(&br_entries), [EntryKind::SendRefused; 3]);
+    assert_eq!(
+        br_entries.iter().map(|e| e.reason()).collect::<Vec<_>>(),
+        [
+            RejectReason::FlowNotAllowed,
+            RejectReason::UnknownAgreement,
+            RejectReason::PayloadInvalid
+        ]
+    );
+    assert!(
+        br_entries
+            .iter()
+            .all(|e| e.peer == "NL" && e.envelope_header.is_empty())
+    );
 }
 
 #[tokio::test]

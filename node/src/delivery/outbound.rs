@@ -122,8 +122,37 @@ pub fn sent_key(message_id: &str) -> Vec<u8> {
     [b"s/".as_slice(), message_id.as_bytes()].concat()
 }
 
-/// Sends one message to a partner and returns the verified receipt.
+/// Sends one message to a partner and returns the verified receipt. A refusal by this node's own
+/// checks is recorded in the ledger (as `SEND_REFUSED`, with its reason) before it is returned.
 pub async fn send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendResponse, SendError> {
+    let (recipient, message_id) = (req.recipient.clone(), req.message_id.clone());
+    let result = checked_send(state, req).await;
+    if let Err(SendError::Refused { refusal, .. }) = &result {
+        let e = entry::with_refusal(
+            entry::LedgerEntry {
+                kind: EntryKind::SendRefused as i32,
+                recorded_at_ms: now_ms(),
+                peer: recipient.chars().take(64).collect(),
+                message_id: message_id.chars().take(128).collect(),
+                ..Default::default()
+            },
+            refusal.reason,
+            &refusal.message,
+        );
+        let ticket = {
+            let mut txn = state.store.begin();
+            txn.append(entry::leaf(&e));
+            txn.commit()
+        };
+        ticket
+            .durable()
+            .await
+            .map_err(|e| SendError::Internal(e.to_string()))?;
+    }
+    result
+}
+
+async fn checked_send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendResponse, SendError> {
     let me = state.admin().to_owned();
     let refused = |refusal: Refusal| SendError::Refused {
         admin: me.clone(),

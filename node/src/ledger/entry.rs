@@ -3,7 +3,8 @@
 
 use prost::Message;
 
-use crate::proto::v1::{EntryKind, Envelope, LedgerEntry, Receipt, RejectReason};
+pub use crate::proto::v1::LedgerEntry;
+use crate::proto::v1::{EntryKind, Envelope, Receipt, RejectReason};
 
 /// An entry of `kind` about the message `message_id` exchanged with `peer`, fields empty.
 fn base(kind: EntryKind, envelope_digest: &[u8; 32], message_id: &str, peer: &str) -> LedgerEntry {

@@ -476,7 +476,9 @@ impl AgreementSet {
             })
     }
 
-    /// The active version of `id` whose digest is `digest` (what a receiver checks).
+    /// The active version of `id` whose digest is `digest` (what a receiver checks). A version
+    /// is retired as soon as a higher version of the same id is active (supersession at the new
+    /// version's `valid_from`).
     pub fn active_with_digest(
         &self,
         id: &str,
@@ -487,24 +489,43 @@ impl AgreementSet {
             .by_id
             .get(id)
             .ok_or_else(|| AgreementError::Unknown(id.into()))?;
-        match versions.iter().find(|a| a.digest.as_slice() == digest) {
-            Some(a) => match a.inactive_reason(now_ms) {
-                None => Ok(a),
-                Some(why) => Err(AgreementError::Inactive { id: id.into(), why }),
-            },
-            None => Err(AgreementError::DigestMismatch {
+        let Some(a) = versions.iter().find(|a| a.digest.as_slice() == digest) else {
+            return Err(AgreementError::DigestMismatch {
                 id: id.into(),
                 digest: hex::encode(digest),
+            });
+        };
+        if let Some(why) = a.inactive_reason(now_ms) {
+            return Err(AgreementError::Inactive { id: id.into(), why });
+        }
+        match versions.iter().find(|v| v.is_active(now_ms)) {
+            Some(current) if current.doc.version > a.doc.version => Err(AgreementError::Inactive {
+                id: id.into(),
+                why: format!(
+                    "version {} is superseded by version {} since {}",
+                    a.doc.version, current.doc.version, current.doc.valid_from
+                ),
             }),
+            _ => Ok(a),
         }
     }
 
-    /// CA certificates (DER) that `admin` uses, from every active agreement that `me` and `admin`
-    /// are both parties to. Empty if no active agreement links them.
+    /// The version of each agreement in force at `now_ms`: the highest active one.
+    pub fn current(&self, now_ms: i64) -> impl Iterator<Item = &Arc<Agreement>> {
+        self.by_id
+            .values()
+            .filter_map(move |versions| versions.iter().find(|a| a.is_active(now_ms)))
+    }
+
+    /// CA certificates (DER) that `admin` uses, from every agreement in force that `me` and
+    /// `admin` are both parties to. Empty if none links them.
     pub fn partner_cas(&self, me: &str, admin: &str, now_ms: i64) -> Vec<Vec<u8>> {
+        if admin == me {
+            return Vec::new();
+        }
         let mut cas: Vec<Vec<u8>> = self
-            .all()
-            .filter(|a| a.is_active(now_ms) && a.parties.contains_key(me) && admin != me)
+            .current(now_ms)
+            .filter(|a| a.parties.contains_key(me))
             .filter_map(|a| a.party(admin).map(|p| p.ca_der.clone()))
             .collect();
         cas.sort();
@@ -512,11 +533,9 @@ impl AgreementSet {
         cas
     }
 
-    /// The party card of `admin` from the highest-versioned active agreement shared with `me`.
+    /// The party card of `admin` from an agreement in force shared with `me`.
     pub fn partner(&self, me: &str, admin: &str, now_ms: i64) -> Option<&Party> {
-        self.by_id
-            .values()
-            .filter_map(|versions| versions.iter().find(|a| a.is_active(now_ms)))
+        self.current(now_ms)
             .filter(|a| a.parties.contains_key(me))
             .find_map(|a| a.party(admin))
     }
@@ -593,6 +612,47 @@ pub(crate) mod tests {
             .expect("active inside its window");
         assert!(a.unsigned_by.is_empty());
         assert_eq!(a.parties.keys().collect::<Vec<_>>(), ["BR", "NL"]);
+    }
+
+    #[test]
+    fn a_newer_version_supersedes_the_older_one_at_its_valid_from() {
+        let (nl, br) = (test_party("NL"), test_party("BR"));
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = doc(&[&nl, &br]);
+        let mut v2 = v1.clone();
+        v2.version = 2;
+        v2.valid_from = "2027-01-01T00:00:00Z".parse().unwrap();
+        write_signed(dir.path(), &v1, &[&nl, &br]);
+        let v2_file = dir.path().join("test-agreement-v2.toml");
+        std::fs::write(&v2_file, toml::to_string(&v2).unwrap()).unwrap();
+        for p in [&nl, &br] {
+            sign_file(&v2_file, &p.card.admin, &p.signing).unwrap();
+        }
+        let set = AgreementSet::load_dir(dir.path()).unwrap();
+        let d1 = set.all().find(|a| a.doc.version == 1).unwrap().digest;
+        let d2 = set.all().find(|a| a.doc.version == 2).unwrap().digest;
+
+        // Before v2's valid_from: v1 is in force, v2 not yet.
+        let before = 1_790_000_000_000; // 2026-09
+        assert_eq!(set.active("test-agreement", before).unwrap().doc.version, 1);
+        assert!(
+            set.active_with_digest("test-agreement", &d1, before)
+                .is_ok()
+        );
+        assert!(
+            set.active_with_digest("test-agreement", &d2, before)
+                .is_err()
+        );
+
+        // From v2's valid_from: v2 is in force and v1 is refused as superseded.
+        let after = 1_800_000_000_000; // 2027-01
+        assert_eq!(set.active("test-agreement", after).unwrap().doc.version, 2);
+        assert!(set.active_with_digest("test-agreement", &d2, after).is_ok());
+        let err = set
+            .active_with_digest("test-agreement", &d1, after)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("superseded by version 2"), "{err}");
     }
 
     #[test]

@@ -528,3 +528,65 @@ async fn fields_outside_the_flow_are_refused_by_the_sender_and_rejected_by_the_r
         .await
         .expect("status-only answer is allowed");
 }
+
+/// The example agreement with NL → BR risk alerts limited to `n` per minute.
+fn rate_limited_agreement(n: u32) -> String {
+    let example = dccf_node::demo::EXAMPLE_AGREEMENT;
+    let from = "message_type = \"dccf.v1.RiskAlert\"\nfrom = \"NL\"\nto = \"BR\"\nfields = [\"*\"]";
+    assert!(example.contains(from), "example agreement changed shape");
+    example.replace(from, &format!("{from}\nrate_limit_per_minute = {n}"))
+}
+
+#[tokio::test]
+async fn a_flow_rate_limit_is_enforced_by_the_sender_and_by_the_receiver() {
+    let fed = Federation::start(
+        &["NL", "BR"],
+        &rate_limited_agreement(2),
+        "nl-br-exchange",
+        |_| {},
+    )
+    .await;
+    let alert = || dccf_node::samples::risk_alert(1).encode_to_vec();
+
+    // Sender side: NL's node sends two, then refuses the third.
+    let mut nl = fed.gateway("NL");
+    for _ in 0..2 {
+        nl.send(send_request("nl-br-exchange", "BR", ALERT, alert()))
+            .await
+            .expect("within the limit");
+    }
+    let status = nl
+        .send(send_request("nl-br-exchange", "BR", ALERT, alert()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "REJECT_REASON_RATE_EXCEEDED");
+    assert!(
+        status.message().contains("2 per minute"),
+        "{}",
+        status.message()
+    );
+
+    // Receiver side: BR counted the two it accepted; a hand-built third one is rejected.
+    let env = fed.envelope("NL", "BR", ALERT, &alert(), |_| {});
+    let status = fed.exchange_as("NL", "BR").deliver(env).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "REJECT_REASON_RATE_EXCEEDED");
+    assert_eq!(
+        ledger_entries(fed.node("BR")).last().unwrap().reason(),
+        RejectReason::RateExceeded
+    );
+    assert_eq!(drain_inbox(&mut fed.gateway("BR")).await.len(), 2);
+
+    // Other flows are not affected.
+    let query = dccf_node::samples::aeo_status_query("NLAEOC0001", 1).encode_to_vec();
+    fed.gateway("BR")
+        .send(send_request(
+            "nl-br-exchange",
+            "NL",
+            "dccf.v1.AeoStatusQuery",
+            query,
+        ))
+        .await
+        .expect("another flow still flows");
+}

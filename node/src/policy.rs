@@ -148,6 +148,32 @@ mod field_tests {
     }
 
     #[test]
+    fn the_rate_limit_admits_a_burst_then_refuses_and_sides_count_separately() {
+        let mut a = agreement_with_fields(&["*"]);
+        a.doc.flows[0].rate_limit_per_minute = Some(3);
+        let (limiter, flow) = (RateLimiter::default(), &a.doc.flows[0]);
+        for _ in 0..3 {
+            limiter.admit(&a, flow, Side::Sending).unwrap();
+        }
+        let v = limiter.admit(&a, flow, Side::Sending).unwrap_err();
+        assert_eq!(v.reason, RejectReason::RateExceeded);
+        assert!(
+            v.message.contains("rate limit of 3 per minute"),
+            "{}",
+            v.message
+        );
+        limiter
+            .admit(&a, flow, Side::Receiving)
+            .expect("the receiving side has its own bucket");
+        a.doc.flows[0].rate_limit_per_minute = None;
+        for _ in 0..100 {
+            limiter
+                .admit(&a, &a.doc.flows[0], Side::Sending)
+                .expect("no limit, no refusal");
+        }
+    }
+
+    #[test]
     fn star_allows_the_whole_message() {
         let a = agreement_with_fields(&["*"]);
         assert!(check_fields(&a, &a.doc.flows[0], &response(true)).is_ok());
@@ -258,6 +284,77 @@ mod tests {
         let v = check(&a, &facts("NL", "FR", "dccf.v1.RiskAlert")).unwrap_err();
         assert_eq!(v.reason, RejectReason::NotAParty);
         assert!(v.message.contains("recipient FR"));
+    }
+}
+
+/// Which side of a flow a rate is counted on (each side keeps its own count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// This node sends on the flow.
+    Sending,
+    /// This node receives on the flow.
+    Receiving,
+}
+
+/// Per-flow rate limits: one token bucket per (agreement version, flow, side), holding up to
+/// `rate_limit_per_minute` tokens and refilled continuously at that rate.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: std::sync::Mutex<std::collections::HashMap<RateKey, Bucket>>,
+}
+
+type RateKey = ([u8; 32], String, String, String, Side);
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimiter {
+    /// Takes one message from `flow`'s allowance on `side`, or refuses with the flow named.
+    pub fn admit(
+        &self,
+        agreement: &Agreement,
+        flow: &Flow,
+        side: Side,
+    ) -> Result<(), PolicyViolation> {
+        let Some(per_minute) = flow.rate_limit_per_minute else {
+            return Ok(());
+        };
+        let capacity = f64::from(per_minute);
+        let key = (
+            agreement.digest,
+            flow.message_type.clone(),
+            flow.from.clone(),
+            flow.to.clone(),
+            side,
+        );
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: capacity,
+            last: now,
+        });
+        let refill = now.duration_since(bucket.last).as_secs_f64() * capacity / 60.0;
+        bucket.tokens = (bucket.tokens + refill).min(capacity);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(PolicyViolation {
+                reason: RejectReason::RateExceeded,
+                message: format!(
+                    "agreement {} v{}, flow {} {}->{}: rate limit of {per_minute} per minute exceeded; retry later",
+                    agreement.id(),
+                    agreement.doc.version,
+                    flow.message_type,
+                    flow.from,
+                    flow.to
+                ),
+            })
+        }
     }
 }
 

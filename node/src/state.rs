@@ -40,6 +40,8 @@ pub struct NodeState {
     pub peers: PeerClients,
     /// This administration's CA certificate (DER).
     pub own_ca_der: Vec<u8>,
+    /// Per-flow rate limits of the agreements, counted per side.
+    pub rates: crate::policy::RateLimiter,
     agreements: RwLock<Arc<AgreementSet>>,
     in_flight: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -65,6 +67,7 @@ impl NodeState {
             store,
             peers,
             own_ca_der,
+            rates: Default::default(),
             agreements: RwLock::new(Arc::new(agreements)),
             in_flight: Default::default(),
         };

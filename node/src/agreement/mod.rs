@@ -114,6 +114,10 @@ pub struct Flow {
     /// traversed implicitly). A path allows everything beneath it; `"*"` allows the whole message.
     /// Every path is checked against the message descriptor when the agreement loads.
     pub fields: Vec<toml::Spanned<String>>,
+    /// Most messages per minute on this flow (bursts up to this many); absent means unlimited.
+    /// Sender and receiver each enforce it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 impl Flow {
@@ -288,6 +292,11 @@ impl Agreement {
                         crate::proto::MESSAGE_TYPES.join(", ")
                     ))
                 })?;
+            if flow.rate_limit_per_minute == Some(0) {
+                return Err(invalid(format!(
+                    "flows[{i}].rate_limit_per_minute: 0 would block the flow; remove the flow instead"
+                )));
+            }
             if flow.fields.is_empty() {
                 return Err(invalid(format!(
                     "flows[{i}].fields: empty; list the allowed field paths of {}, or [\"*\"] for the whole message",
@@ -586,6 +595,7 @@ pub(crate) mod tests {
                 from: parties[0].card.admin.clone(),
                 to: parties[1].card.admin.clone(),
                 fields: vec![toml::Spanned::new(0..0, "*".to_owned())],
+                rate_limit_per_minute: None,
             }],
         }
     }

@@ -145,6 +145,9 @@ fn check_and_open(
         },
     )?;
     let flow = policy::check(agreement, &facts)?;
+    state
+        .rates
+        .admit(agreement, flow, policy::Side::Receiving)?;
     if !state.begin_receive(&header.sender, &header.message_id) {
         return Err(Refusal::retry_later(format!(
             "message {} is already being received; retry",

@@ -64,7 +64,7 @@ impl Refusal {
             | RejectReason::Expired
             | RejectReason::ClockSkew => Code::FailedPrecondition,
             RejectReason::DuplicateConflict => Code::AlreadyExists,
-            RejectReason::TooLarge => Code::ResourceExhausted,
+            RejectReason::TooLarge | RejectReason::RateExceeded => Code::ResourceExhausted,
             _ => Code::InvalidArgument,
         };
         let mut status = tonic::Status::new(code, self.to_string());

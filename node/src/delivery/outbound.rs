@@ -183,6 +183,10 @@ async fn checked_send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRe
     let flow = policy::check(agreement, &flow_facts).map_err(|v| refused(v.into()))?;
     let message = super::check_payload(&req.message_type, &req.payload).map_err(refused)?;
     policy::check_fields(agreement, flow, &message).map_err(|v| refused(v.into()))?;
+    state
+        .rates
+        .admit(agreement, flow, policy::Side::Sending)
+        .map_err(|v| refused(v.into()))?;
     let partner = agreement
         .party(&req.recipient)
         .ok_or_else(|| {

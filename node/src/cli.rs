@@ -97,6 +97,27 @@ pub enum Command {
 /// `dccf-node agreement` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AgreementAction {
+    /// Write a new agreement from a template and the parties' cards (review it, then each signs).
+    New {
+        /// Which template.
+        #[arg(long, value_enum)]
+        template: crate::agreement::templates::Template,
+        /// Agreement id, e.g. nl-br-mra.
+        #[arg(long)]
+        id: String,
+        /// Party card files (party.toml of each administration), comma-separated or repeated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        parties: Vec<PathBuf>,
+        /// Start of validity (RFC 3339; default: now).
+        #[arg(long)]
+        valid_from: Option<String>,
+        /// End of validity (RFC 3339; default: one year after the start).
+        #[arg(long)]
+        valid_until: Option<String>,
+        /// File to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Sign FILE as this node's administration (writes FILE's sibling `STEM.<ADMIN>.sig`).
     Sign {
         /// Path to node.toml (whose administration and signing key sign).
@@ -212,6 +233,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             use crate::agreement::commands;
             let now = crate::envelope::now_ms();
             let text = match action {
+                AgreementAction::New {
+                    template,
+                    id,
+                    parties,
+                    valid_from,
+                    valid_until,
+                    out,
+                } => {
+                    new_agreement(template, &id, &parties, valid_from, valid_until, &out)?;
+                    format!(
+                        "wrote {}; review it, then each party runs `dccf-node agreement sign`",
+                        out.display()
+                    )
+                }
                 AgreementAction::Sign { config, file } => {
                     format!(
                         "wrote {}",
@@ -225,6 +260,47 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Bench { suite } => crate::bench::run(suite).await.map_err(err),
     }
+}
+
+/// `agreement new`: fills a template and writes it.
+fn new_agreement(
+    template: crate::agreement::templates::Template,
+    id: &str,
+    parties: &[PathBuf],
+    valid_from: Option<String>,
+    valid_until: Option<String>,
+    out: &Path,
+) -> Result<(), CliError> {
+    use crate::agreement::templates;
+    use time::format_description::well_known::Rfc3339;
+    let parse = |flag: &str, text: &str| -> Result<time::OffsetDateTime, CliError> {
+        time::OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+            err(format!(
+                "--{flag} {text:?}: not an RFC 3339 date-time ({e})"
+            ))
+        })
+    };
+    let from = match valid_from {
+        Some(t) => parse("valid-from", &t)?,
+        None => time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .map_err(err)?,
+    };
+    let until = match valid_until {
+        Some(t) => parse("valid-until", &t)?,
+        None => from + time::Duration::days(365),
+    };
+    let datetime = |t: time::OffsetDateTime| -> Result<toml::value::Datetime, CliError> {
+        t.to_offset(time::UtcOffset::UTC)
+            .format(&Rfc3339)
+            .map_err(err)?
+            .parse()
+            .map_err(err)
+    };
+    let cards = templates::read_cards(parties).map_err(err)?;
+    let doc =
+        templates::fill(template, id, cards, datetime(from)?, datetime(until)?).map_err(err)?;
+    templates::write(&doc, out).map_err(err)
 }
 
 /// Writes one line to stdout. A closed stdout (e.g. `| head`) is an error, not a panic, so a

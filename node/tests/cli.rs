@@ -1056,3 +1056,55 @@ fn agreement_sign_refuses_a_non_party_and_a_card_with_other_keys() {
     let line = assert_one_line_error(&run);
     assert_mentions(&line, &["another signing key"]);
 }
+
+#[test]
+fn agreement_new_fills_a_template_that_both_parties_can_sign() {
+    let (nl, br) = (init_node("NL"), init_node("BR"));
+    let out = nl.path("agreements/mra.toml");
+    let parties = format!(
+        "{},{}",
+        s(&nl.path("party.toml")),
+        s(&br.path("party.toml"))
+    );
+    let run = dccf(&[
+        "agreement",
+        "new",
+        "--template",
+        "aeo-mra",
+        "--id",
+        "nl-br-mra",
+        "--parties",
+        &parties,
+        "--out",
+        s(&out),
+    ]);
+    assert!(run.status.success(), "{}", run.describe());
+    // Never overwrites.
+    let again = dccf(&[
+        "agreement",
+        "new",
+        "--template",
+        "aeo-mra",
+        "--id",
+        "nl-br-mra",
+        "--parties",
+        &parties,
+        "--out",
+        s(&out),
+    ]);
+    assert_one_line_error(&again);
+    for node in [&nl, &br] {
+        let run = dccf(&["agreement", "sign", "--config", s(&node.config()), s(&out)]);
+        assert!(run.status.success(), "{}", run.describe());
+    }
+    let run = dccf(&["agreement", "verify", s(&out)]);
+    assert!(run.status.success(), "{}", run.describe());
+    let run = dccf(&["agreement", "show", s(&out)]);
+    assert!(
+        run.stdout
+            .contains("BR -> NL  dccf.v1.AeoStatusResponse  (fields: query_reference"),
+        "{}",
+        run.describe()
+    );
+    assert!(!run.stdout.contains("operator_name"), "{}", run.describe());
+}

@@ -148,7 +148,21 @@ pub fn show(file: &Path, now_ms: i64) -> Result<String, CommandError> {
     }
     let _ = writeln!(out, "flows (who may send what to whom):");
     for f in &d.flows {
-        let _ = writeln!(out, "  {} -> {}  {}", f.from, f.to, f.message_type);
+        let fields: Vec<&str> = f.fields.iter().map(|p| p.get_ref().as_str()).collect();
+        let fields = if fields == ["*"] {
+            "all fields".to_owned()
+        } else {
+            format!("fields: {}", fields.join(", "))
+        };
+        let rate = f
+            .rate_limit_per_minute
+            .map(|r| format!("; at most {r}/min"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} -> {}  {}  ({fields}{rate})",
+            f.from, f.to, f.message_type
+        );
     }
     Ok(out.trim_end().to_owned())
 }
@@ -179,7 +193,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_signed(dir.path(), &doc(&[&nl, &br]), &[&nl, &br]);
         let text = show(&path, NOW).unwrap();
-        assert!(text.contains("NL -> BR  dccf.v1.RiskAlert"), "{text}");
+        assert!(
+            text.contains("NL -> BR  dccf.v1.RiskAlert  (all fields)"),
+            "{text}"
+        );
         assert!(text.contains("status: active"), "{text}");
     }
 }

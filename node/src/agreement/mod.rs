@@ -11,6 +11,7 @@
 //! [`crate::policy`]; this module only parses, verifies and indexes.
 
 pub mod commands;
+pub mod templates;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -210,12 +210,7 @@ impl Store {
     /// half-written state).
     pub fn open(dir: &Path) -> Result<Store, LedgerError> {
         create_dir_private(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            // Every write goes through our committer, which flushes and syncs each group; sled's
-            // periodic flusher thread would only repeat that work (with `sync_all`).
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_sled(dir)?;
         let files = SyncFiles::open(dir)?;
         let frontier = recover_head(&db)?;
         let head = Head::of(&frontier);
@@ -482,6 +477,37 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Err(e) = self.close() {
             tracing::error!(error = %e, "closing the ledger store failed");
+        }
+    }
+}
+
+/// Opens sled at `dir`. sled releases its file lock from a background thread after the last
+/// handle is dropped, so a reopen right after a close (an in-process restart) can find the lock
+/// still held for a moment: retry briefly, then report that another process holds the ledger.
+fn open_sled(dir: &Path) -> Result<sled::Db, LedgerError> {
+    const ATTEMPTS: u32 = 100;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let opened = sled::Config::new()
+            .path(dir)
+            // Every write goes through our committer, which flushes and syncs each group; sled's
+            // periodic flusher thread would only repeat that work (with `sync_all`).
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if attempt >= ATTEMPTS {
+                    return Err(LedgerError::Io {
+                        path: dir.join("db"),
+                        source: std::io::Error::other(
+                            "the ledger is in use by another process (its lock is held)",
+                        ),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other?),
         }
     }
 }
@@ -1512,5 +1538,22 @@ mod tests {
         let store = open(dir.path());
         assert_eq!(store.entry(0).expect("read"), Some(big.clone()));
         assert_eq!(store.get(b"x/big").expect("get"), Some(big));
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_held_by_another_store_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger");
+        let _held = Store::open(&path).expect("first open");
+        let err = Store::open(&path)
+            .expect_err("second open must fail")
+            .to_string();
+        assert!(err.contains("in use by another process"), "{err}");
+        assert!(err.contains("ledger"), "{err}");
     }
 }

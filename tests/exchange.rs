@@ -70,10 +70,19 @@ async fn a_declaration_is_delivered_receipted_and_ledgered_on_both_sides() {
         kinds(&br_entries),
         [EntryKind::EnvelopeReceived, EntryKind::ReceiptIssued]
     );
-    let accepted = &br_entries[body.ledger_index as usize];
+    let all_br = all_ledger_entries(fed.node("BR"));
+    let (_, accepted) = &all_br[body.ledger_index as usize];
+    assert_eq!(accepted.kind(), EntryKind::EnvelopeReceived);
     assert_eq!(accepted.envelope_digest, sent.envelope_digest);
     assert_eq!(nl[0].envelope_digest, sent.envelope_digest);
-    assert_eq!(body.ledger_size, 1);
+    assert_eq!(body.ledger_size, body.ledger_index + 1);
+    // Before any message, each ledger recorded the agreement coming into force.
+    for admin in ["NL", "BR"] {
+        let lifecycle = agreement_entries(fed.node(admin));
+        assert_eq!(lifecycle.len(), 1, "{admin}");
+        assert_eq!(lifecycle[0].kind(), EntryKind::AgreementActivated);
+        assert_eq!(lifecycle[0].agreement_id, "nl-br-exchange");
+    }
 
     // No plaintext in either ledger: distinctive payload strings never appear in a leaf.
     let consignor = decl.consignor.as_ref().unwrap().name.clone();

@@ -126,6 +126,15 @@ pub enum AgreementAction {
         /// The agreement file.
         file: PathBuf,
     },
+    /// Revoke FILE as this node's administration, effective now (writes `STEM.<ADMIN>.revoked`;
+    /// copy it to every party's agreements directory, then reload).
+    Revoke {
+        /// Path to node.toml (whose administration and signing key revoke).
+        #[arg(long)]
+        config: PathBuf,
+        /// The agreement file.
+        file: PathBuf,
+    },
     /// Check the schema, every signature and the validity window; non-zero exit unless active.
     Verify {
         /// The agreement file.
@@ -253,6 +262,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                         commands::sign(&config, &file).map_err(err)?.display()
                     )
                 }
+                AgreementAction::Revoke { config, file } => format!(
+                    "wrote {}; copy it to every party's agreements directory and reload",
+                    commands::revoke(&config, &file, now)
+                        .map_err(err)?
+                        .display()
+                ),
                 AgreementAction::Verify { file } => commands::verify(&file, now).map_err(err)?,
                 AgreementAction::Show { file } => commands::show(&file, now).map_err(err)?,
             };
@@ -418,8 +433,12 @@ async fn serve(config_path: &Path) -> Result<(), CliError> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => match node.state.reload_agreements() {
-                Ok(()) => tracing::warn!("agreements reloaded"),
+            _ = hup.recv() => match node.state.reload_agreements().await {
+                Ok(statuses) => tracing::warn!(
+                    in_force = statuses.iter().filter(|s| s.active).count(),
+                    loaded = statuses.len(),
+                    "agreements reloaded"
+                ),
                 Err(e) => tracing::error!(error = %e, "agreement reload failed; keeping the previous set"),
             },
             result = node.wait() => return result.map_err(err),

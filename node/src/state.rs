@@ -8,7 +8,11 @@ use crate::delivery::peers::PeerClients;
 use crate::identity::pki::Role;
 use crate::identity::{IdentityError, NodeIdentity};
 use crate::ledger::{LedgerError, Store};
+use crate::proto::v1::AgreementStatus;
 use crate::server::tls::{TlsError, TrustSource};
+
+/// Key prefix of the recorded in-force status of each agreement version (by digest, hex).
+const AGREEMENT_STATUS: &[u8] = b"a/";
 
 /// Errors opening a node's state; each names the file or part concerned.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,7 @@ impl NodeState {
             in_flight: Default::default(),
         };
         state.warn_about_own_cards();
+        state.stage_agreement_changes()?.wait_blocking()?;
         Ok(Arc::new(state))
     }
 
@@ -89,13 +94,109 @@ impl NodeState {
             .clone()
     }
 
-    /// Reloads agreements from disk and swaps them in; on error the old set stays.
-    pub fn reload_agreements(&self) -> Result<(), AgreementError> {
+    /// Reloads agreements from disk and swaps them in, records the agreements that came into or
+    /// left force in the ledger, and returns every version's status. On a load error the
+    /// previous set stays in force.
+    pub async fn reload_agreements(&self) -> Result<Vec<AgreementStatus>, StateError> {
         let set = AgreementSet::load_dir(&self.config.agreements_dir)?;
         *self.agreements.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         self.peers.clear();
         self.warn_about_own_cards();
-        Ok(())
+        self.stage_agreement_changes()?.durable().await?;
+        Ok(self.agreement_statuses())
+    }
+
+    /// Every loaded agreement version and whether it is in force now.
+    pub fn agreement_statuses(&self) -> Vec<AgreementStatus> {
+        let now = crate::envelope::now_ms();
+        let set = self.agreements();
+        set.all()
+            .map(|a| {
+                let reason =
+                    set.active_with_digest(a.id(), &a.digest, now)
+                        .err()
+                        .map(|e| match e {
+                            AgreementError::Inactive { why, .. } => why,
+                            other => other.to_string(),
+                        });
+                AgreementStatus {
+                    id: a.id().to_owned(),
+                    version: a.doc.version,
+                    digest: hex::encode(a.digest),
+                    active: reason.is_none(),
+                    reason: reason.unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// Stages an `AGREEMENT_ACTIVATED` or `AGREEMENT_DEACTIVATED` ledger entry for every
+    /// agreement version whose being in force changed since the ledger last said (signatures,
+    /// validity window, supersession, revocation, or its file removed). Returns the ticket to
+    /// wait on; with no change it commits nothing new.
+    pub fn stage_agreement_changes(&self) -> Result<crate::ledger::Ticket, LedgerError> {
+        use crate::proto::v1::{EntryKind, LedgerEntry};
+        const ACTIVE: &[u8] = b"active";
+        let statuses = self.agreement_statuses();
+        let mut recorded: std::collections::HashMap<Vec<u8>, Vec<u8>> = self
+            .store
+            .scan_prefix(AGREEMENT_STATUS)?
+            .into_iter()
+            .collect();
+        let mut txn = self.store.begin();
+        let entry = |kind: EntryKind, id: &str, version: u32, digest: Vec<u8>, detail: String| {
+            LedgerEntry {
+                kind: kind as i32,
+                recorded_at_ms: crate::envelope::now_ms(),
+                agreement_id: id.to_owned(),
+                agreement_version: version,
+                agreement_digest: digest,
+                detail,
+                ..Default::default()
+            }
+        };
+        for st in &statuses {
+            let digest = hex::decode(&st.digest).unwrap_or_default();
+            let key = [AGREEMENT_STATUS, st.digest.as_bytes()].concat();
+            let was_active = recorded.remove(&key).is_some_and(|v| v == ACTIVE);
+            let kind = match (was_active, st.active) {
+                (false, true) => EntryKind::AgreementActivated,
+                (true, false) => EntryKind::AgreementDeactivated,
+                _ => continue,
+            };
+            let detail = if st.active {
+                "in force".to_owned()
+            } else {
+                st.reason.clone()
+            };
+            txn.append(crate::ledger::entry::leaf(&entry(
+                kind, &st.id, st.version, digest, detail,
+            )));
+            let value = if st.active {
+                ACTIVE
+            } else {
+                b"inactive".as_slice()
+            };
+            txn.put(key, value.to_vec())?;
+        }
+        // Versions that were in force and whose files are gone.
+        for (key, value) in recorded {
+            if value == ACTIVE {
+                let hex_digest =
+                    String::from_utf8_lossy(&key[AGREEMENT_STATUS.len()..]).into_owned();
+                let digest = hex::decode(&hex_digest).unwrap_or_default();
+                let detail = "removed from the agreements directory".to_owned();
+                txn.append(crate::ledger::entry::leaf(&entry(
+                    EntryKind::AgreementDeactivated,
+                    "",
+                    0,
+                    digest,
+                    detail,
+                )));
+                txn.remove(key)?;
+            }
+        }
+        Ok(txn.commit())
     }
 
     /// Marks (sender, message id) as being processed; false if it already is.

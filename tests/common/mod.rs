@@ -11,7 +11,9 @@ use dccf_node::identity::pki::{CertRequest, CertificateAuthority, Role};
 use dccf_node::identity::{IdentityPaths, NodeIdentity};
 use dccf_node::proto::v1::exchange_client::ExchangeClient;
 use dccf_node::proto::v1::gateway_client::GatewayClient;
-use dccf_node::proto::v1::{Envelope, InboxMessage, InboxRequest, LedgerEntry, SendRequest};
+use dccf_node::proto::v1::{
+    EntryKind, Envelope, InboxMessage, InboxRequest, LedgerEntry, SendRequest,
+};
 use dccf_node::server::{RunningNode, start_on};
 use prost::Message;
 use tonic::transport::Channel;
@@ -247,6 +249,43 @@ impl Federation {
         .expect("seal")
     }
 
+    /// Seals and signs an envelope with `from`'s keys and `to`'s HPKE key from any loaded
+    /// agreement version, in force or not (to test what a receiver does with it).
+    pub fn envelope_unchecked(
+        &self,
+        from: &str,
+        to: &str,
+        message_type: &str,
+        payload: &[u8],
+    ) -> Envelope {
+        let state = &self.node(from).state;
+        let agreements = state.agreements();
+        let agreement = agreements
+            .all()
+            .find(|a| a.id() == self.agreement_id)
+            .expect("agreement loaded");
+        let partner = agreement.party(to).expect("party");
+        let now = dccf_node::envelope::now_ms();
+        let id = uuid_v7();
+        seal(
+            &Outgoing {
+                message_id: &id,
+                agreement_id: &self.agreement_id,
+                agreement_digest: &agreement.digest,
+                sender: from,
+                recipient: to,
+                message_type,
+                payload,
+                in_reply_to: "",
+                created_at_ms: now,
+                expires_at_ms: now + 600_000,
+            },
+            state.identity.signing.signing_key(),
+            &partner.hpke_key,
+        )
+        .expect("seal")
+    }
+
     /// Stops `admin`'s node (gracefully) and starts it again on the same addresses and data.
     pub async fn restart(&mut self, admin: &str) {
         let a = self.admin_mut(admin);
@@ -332,14 +371,43 @@ pub async fn drain_inbox(gw: &mut GatewayClient<Channel>) -> Vec<InboxMessage> {
     out
 }
 
-/// Every durable ledger entry of a running node.
-pub fn ledger_entries(node: &RunningNode) -> Vec<LedgerEntry> {
+/// Every durable ledger entry of a running node, with its index.
+pub fn all_ledger_entries(node: &RunningNode) -> Vec<(u64, LedgerEntry)> {
     let store = &node.state.store;
     (0..store.durable_head().size)
         .map(|i| {
             let leaf = store.entry(i).expect("read").expect("entry present");
-            LedgerEntry::decode(leaf.as_slice()).expect("entry decodes")
+            (
+                i,
+                LedgerEntry::decode(leaf.as_slice()).expect("entry decodes"),
+            )
         })
+        .collect()
+}
+
+fn is_agreement_entry(e: &LedgerEntry) -> bool {
+    matches!(
+        e.kind(),
+        EntryKind::AgreementActivated | EntryKind::AgreementDeactivated
+    )
+}
+
+/// The ledger's message decisions (sent, received, rejected, receipts), without the agreement
+/// lifecycle entries every node also records.
+pub fn ledger_entries(node: &RunningNode) -> Vec<LedgerEntry> {
+    all_ledger_entries(node)
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| !is_agreement_entry(e))
+        .collect()
+}
+
+/// The ledger's agreement lifecycle entries (activated, deactivated).
+pub fn agreement_entries(node: &RunningNode) -> Vec<LedgerEntry> {
+    all_ledger_entries(node)
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(is_agreement_entry)
         .collect()
 }
 

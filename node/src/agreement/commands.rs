@@ -80,6 +80,27 @@ pub fn sign(config: &Path, file: &Path) -> Result<PathBuf, CommandError> {
     )?)
 }
 
+/// Revokes `file` as the administration of the node configured at `config`, effective `now_ms`;
+/// returns the path of the revocation written.
+pub fn revoke(config: &Path, file: &Path, now_ms: i64) -> Result<PathBuf, CommandError> {
+    let config = NodeConfig::load(config).map_err(|e| CommandError::Node(e.to_string()))?;
+    let identity = NodeIdentity::load(&config.identity_paths(), &config.admin)
+        .map_err(|e| CommandError::Node(e.to_string()))?;
+    let agreement = Agreement::load(file)?;
+    if agreement.party(&config.admin).is_none() {
+        return Err(CommandError::NotAParty {
+            path: file.to_owned(),
+            admin: config.admin.clone(),
+        });
+    }
+    Ok(super::revoke_file(
+        file,
+        &config.admin,
+        identity.signing.signing_key(),
+        now_ms,
+    )?)
+}
+
 /// Verifies `file` (schema, every present signature) and reports each party's signature and the
 /// validity window at `now_ms`. Returns the report; an error if the file or a signature is bad,
 /// or if the agreement is not active.

@@ -199,6 +199,8 @@ pub struct Agreement {
     pub parties: BTreeMap<String, Party>,
     /// Parties whose signature is missing (empty when fully signed).
     pub unsigned_by: Vec<String>,
+    /// The first valid revocation: (revoking administration, effective time in Unix ms).
+    pub revoked: Option<(String, i64)>,
     /// `valid_from` in Unix ms.
     pub valid_from_ms: i64,
     /// `valid_until` in Unix ms.
@@ -317,6 +319,7 @@ impl Agreement {
             digest: sha256(bytes),
             path: path.to_owned(),
             unsigned_by: parties.keys().cloned().collect(),
+            revoked: None,
             parties,
             doc,
             valid_from_ms,
@@ -354,6 +357,28 @@ impl Agreement {
             }
         }
         agreement.unsigned_by = unsigned;
+        for (admin, party) in &agreement.parties {
+            let rev_path = revocation_path(path, admin);
+            let text = match std::fs::read_to_string(&rev_path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(AgreementError::Io {
+                        path: rev_path,
+                        source,
+                    });
+                }
+            };
+            let at_ms = parse_revocation(&agreement.digest, admin, &text, &party.verifying_key)
+                .ok_or_else(|| AgreementError::Invalid {
+                    path: rev_path.clone(),
+                    detail: format!("not a valid revocation signed by {admin}"),
+                })?;
+            let earlier = agreement.revoked.as_ref().is_none_or(|(_, t)| at_ms < *t);
+            if earlier {
+                agreement.revoked = Some((admin.clone(), at_ms));
+            }
+        }
         Ok(agreement)
     }
 
@@ -364,7 +389,14 @@ impl Agreement {
 
     /// Why the agreement is not active at `now_ms`, or `None` if it is.
     pub fn inactive_reason(&self, now_ms: i64) -> Option<String> {
-        if !self.unsigned_by.is_empty() {
+        if let Some((admin, at_ms)) = &self.revoked
+            && now_ms >= *at_ms
+        {
+            Some(format!(
+                "revoked by {admin} at {}",
+                crate::agreement::format_ms(*at_ms)
+            ))
+        } else if !self.unsigned_by.is_empty() {
             Some(format!("not signed by {}", self.unsigned_by.join(", ")))
         } else if now_ms < self.valid_from_ms {
             Some(format!("valid only from {}", self.doc.valid_from))
@@ -393,6 +425,76 @@ pub fn signature_path(path: &Path, admin: &str) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     path.with_file_name(format!("{stem}.{admin}.sig"))
+}
+
+/// Path of `admin`'s revocation of the agreement file at `path`.
+pub fn revocation_path(path: &Path, admin: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.{admin}.revoked"))
+}
+
+fn revocation_message(digest: &[u8; 32], at_ms: i64, admin: &str) -> Vec<u8> {
+    let body = [digest.as_slice(), &at_ms.to_be_bytes(), admin.as_bytes()].concat();
+    pae(crate::envelope::pae::AGREEMENT_REVOCATION_TYPE, &body)
+}
+
+/// RFC 3339 text of a Unix-ms time (UTC, second precision).
+pub fn format_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// Reads a revocation file (`revoked_at_ms = N` and `signature = "BASE64"` lines) and returns the
+/// effective time if `key` signed it for this digest and administration.
+fn parse_revocation(digest: &[u8; 32], admin: &str, text: &str, key: &VerifyingKey) -> Option<i64> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Revocation {
+        revoked_at_ms: i64,
+        signature: String,
+    }
+    let r: Revocation = toml::from_str(text).ok()?;
+    let sig = Signature::from_slice(&B64.decode(r.signature).ok()?).ok()?;
+    key.verify_strict(&revocation_message(digest, r.revoked_at_ms, admin), &sig)
+        .ok()
+        .map(|()| r.revoked_at_ms)
+}
+
+/// Revokes the agreement file at `path` as `admin`, effective `at_ms`; writes
+/// `STEM.<ADMIN>.revoked`. Copy that file to every party's agreements directory.
+pub fn revoke_file(
+    path: &Path,
+    admin: &str,
+    key: &SigningKey,
+    at_ms: i64,
+) -> Result<PathBuf, AgreementError> {
+    let bytes = std::fs::read(path).map_err(|source| AgreementError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let sig = key.sign(&revocation_message(&sha256(&bytes), at_ms, admin));
+    let rev_path = revocation_path(path, admin);
+    let text = format!(
+        "# Revocation of {} by {admin}, effective {}\nrevoked_at_ms = {at_ms}\nsignature = \"{}\"\n",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        format_ms(at_ms),
+        B64.encode(sig.to_bytes())
+    );
+    std::fs::write(&rev_path, text).map_err(|source| AgreementError::Io {
+        path: rev_path.clone(),
+        source,
+    })?;
+    Ok(rev_path)
 }
 
 /// Signs the agreement file at `path` as `admin` and writes `STEM.<ADMIN>.sig`.
@@ -664,6 +766,33 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("superseded by version 2"), "{err}");
+    }
+
+    #[test]
+    fn a_revocation_by_any_party_deactivates_at_once_and_a_forged_one_is_refused() {
+        let (nl, br, xx) = (test_party("NL"), test_party("BR"), test_party("XX"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_signed(dir.path(), &doc(&[&nl, &br]), &[&nl, &br]);
+        revoke_file(&path, "BR", &br.signing, NOW).unwrap();
+        let set = AgreementSet::load_dir(dir.path()).unwrap();
+        assert!(
+            set.active("test-agreement", NOW - 1).is_ok(),
+            "effective from its time on"
+        );
+        let err = set.active("test-agreement", NOW).unwrap_err().to_string();
+        assert!(err.contains("revoked by BR"), "{err}");
+        assert!(
+            set.partner_cas("NL", "BR", NOW).is_empty(),
+            "no trust after revocation"
+        );
+
+        // A revocation file for NL signed by a stranger makes the whole load fail, naming it.
+        revoke_file(&path, "NL", &xx.signing, NOW).unwrap();
+        let err = AgreementSet::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("test-agreement.NL.revoked") && err.contains("not a valid revocation"),
+            "{err}"
+        );
     }
 
     #[test]

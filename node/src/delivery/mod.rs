@@ -59,6 +59,7 @@ impl Refusal {
             | RejectReason::FieldNotAllowed => Code::PermissionDenied,
             RejectReason::BadSignature => Code::Unauthenticated,
             RejectReason::UnknownAgreement
+            | RejectReason::AgreementInactive
             | RejectReason::AgreementDigestMismatch
             | RejectReason::WrongRecipient
             | RejectReason::Expired
@@ -105,6 +106,7 @@ impl From<crate::agreement::AgreementError> for Refusal {
         use crate::agreement::AgreementError as E;
         let reason = match e {
             E::DigestMismatch { .. } => RejectReason::AgreementDigestMismatch,
+            E::Inactive { .. } => RejectReason::AgreementInactive,
             _ => RejectReason::UnknownAgreement,
         };
         Refusal::new(reason, e.to_string())

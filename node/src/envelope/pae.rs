@@ -8,6 +8,9 @@ pub const ENVELOPE_HEADER_TYPE: &str = "application/vnd.dccf.envelope-header.v1+
 pub const RECEIPT_TYPE: &str = "application/vnd.dccf.receipt.v1+protobuf";
 /// Payload type of agreement signatures (the body is the 32-byte agreement digest).
 pub const AGREEMENT_DIGEST_TYPE: &str = "application/vnd.dccf.agreement-digest.v1";
+/// Payload type of agreement revocations (the body is the digest, then the revocation time as
+/// u64 big-endian Unix milliseconds, then the revoking administration's id).
+pub const AGREEMENT_REVOCATION_TYPE: &str = "application/vnd.dccf.agreement-revocation.v1";
 
 /// Encodes `body` under `payload_type` for signing.
 pub fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {

@@ -9,7 +9,8 @@ use tonic::{Request, Response, Status};
 use crate::delivery::{inbox, outbound};
 use crate::proto::v1::gateway_server::Gateway;
 use crate::proto::v1::{
-    AckRequest, AckResponse, InboxMessage, InboxRequest, SendRequest, SendResponse,
+    AckRequest, AckResponse, InboxMessage, InboxRequest, ReloadAgreementsRequest,
+    ReloadAgreementsResponse, SendRequest, SendResponse,
 };
 use crate::state::NodeState;
 
@@ -83,6 +84,18 @@ impl Gateway for GatewayService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn reload_agreements(
+        &self,
+        _request: Request<ReloadAgreementsRequest>,
+    ) -> Result<Response<ReloadAgreementsResponse>, Status> {
+        let agreements = self.state.reload_agreements().await.map_err(|e| {
+            Status::failed_precondition(format!(
+                "reload refused, previous agreements stay in force: {e}"
+            ))
+        })?;
+        Ok(Response::new(ReloadAgreementsResponse { agreements }))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {

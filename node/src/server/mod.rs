@@ -17,6 +17,9 @@ use crate::proto::v1::exchange_server::ExchangeServer;
 use crate::proto::v1::gateway_server::GatewayServer;
 use crate::state::{BackOfficeTrust, NodeState, PartnerTrust, StateError};
 
+/// How often a running node checks whether agreements came into or left force.
+const AGREEMENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -175,13 +178,36 @@ pub async fn start_on(
                 stop(shutdown.subscribe()),
             ),
     );
+    // Agreements come into and leave force with time (valid_from, valid_until, a newer
+    // version's start): check every half minute and record each change in the ledger.
+    let lifecycle_task = {
+        let (state, mut stop) = (state.clone(), shutdown.subscribe());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(AGREEMENT_CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                let staged = state.stage_agreement_changes();
+                let result = match staged {
+                    Ok(ticket) => ticket.durable().await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "could not record agreement changes in the ledger");
+                }
+            }
+        })
+    };
     tracing::info!(admin = state.admin(), %exchange_addr, %gateway_addr, "node serving");
     Ok(RunningNode {
         exchange_addr,
         gateway_addr,
         state,
         shutdown,
-        tasks: vec![exchange_task, gateway_task],
+        tasks: vec![exchange_task, gateway_task, lifecycle_task],
     })
 }
 

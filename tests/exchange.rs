@@ -599,3 +599,39 @@ async fn a_flow_rate_limit_is_enforced_by_the_sender_and_by_the_receiver() {
         .await
         .expect("another flow still flows");
 }
+
+#[tokio::test]
+async fn a_flow_that_requires_consent_needs_a_consent_reference_on_both_sides() {
+    let example = dccf_node::demo::EXAMPLE_AGREEMENT;
+    let from = "message_type = \"dccf.v1.RiskAlert\"\nfrom = \"NL\"\nto = \"BR\"\nfields = [\"*\"]";
+    let template = example.replace(from, &format!("{from}\nconsent_required = true"));
+    assert_ne!(template, example);
+    let fed = Federation::start(&["NL", "BR"], &template, "nl-br-exchange", |_| {}).await;
+    let alert = dccf_node::samples::risk_alert(1).encode_to_vec();
+
+    let status = fed
+        .gateway("NL")
+        .send(send_request("nl-br-exchange", "BR", ALERT, alert.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "REJECT_REASON_CONSENT_MISSING");
+
+    let env = fed.envelope("NL", "BR", ALERT, &alert, |_| {});
+    let status = fed.exchange_as("NL", "BR").deliver(env).await.unwrap_err();
+    assert_eq!(
+        reason(&status),
+        "REJECT_REASON_CONSENT_MISSING",
+        "{status:?}"
+    );
+
+    let mut req = send_request("nl-br-exchange", "BR", ALERT, alert);
+    req.consent_reference = "CONSENT-2026-0042".into();
+    fed.gateway("NL")
+        .send(req)
+        .await
+        .expect("with a consent reference it flows");
+    let inbox = drain_inbox(&mut fed.gateway("BR")).await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].consent_reference, "CONSENT-2026-0042");
+}

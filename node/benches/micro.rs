@@ -29,6 +29,7 @@ fn envelope(c: &mut Criterion) {
         message_type: "dccf.v1.PreArrivalDeclaration",
         payload: &payload,
         in_reply_to: "",
+        consent_reference: "",
         created_at_ms: now,
         expires_at_ms: now + 3_600_000,
     };

@@ -178,6 +178,7 @@ pub fn envelope(iterations: u32) -> Result<EnvelopeFigures, BenchError> {
         message_type: "dccf.v1.PreArrivalDeclaration",
         payload: &payload,
         in_reply_to: "",
+        consent_reference: "",
         created_at_ms: now,
         expires_at_ms: now + 3_600_000,
     };

@@ -55,7 +55,7 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
         /// JSON file: {"agreement": ID, "to": ADMIN, "type": "dccf.v1.X", "message": {...}}
-        /// (optional "in_reply_to", "message_id", "ttl_seconds").
+        /// (optional "in_reply_to", "message_id", "ttl_seconds", "consent_reference").
         #[arg(long)]
         file: PathBuf,
     },
@@ -518,6 +518,9 @@ pub struct SendFile {
     /// Envelope lifetime in seconds.
     #[serde(default)]
     pub ttl_seconds: u32,
+    /// Reference to the data subject's consent, where the flow requires it.
+    #[serde(default)]
+    pub consent_reference: String,
 }
 
 /// Builds a `SendRequest` from the JSON in `text` (file name `path` for errors).
@@ -543,6 +546,7 @@ pub fn send_request_from_json(path: &Path, text: &str) -> Result<SendRequest, Cl
         in_reply_to: file.in_reply_to,
         ttl_seconds: file.ttl_seconds,
         message_id: file.message_id,
+        consent_reference: file.consent_reference,
     })
 }
 

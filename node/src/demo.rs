@@ -439,6 +439,7 @@ pub async fn forged_delivery(node: &RunningNode, to: &str) -> Result<(), tonic::
             message_type: "dccf.v1.AeoStatusQuery",
             payload: &payload,
             in_reply_to: "",
+            consent_reference: "",
             created_at_ms: now,
             expires_at_ms: now + 60_000,
         },

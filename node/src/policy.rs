@@ -174,6 +174,17 @@ mod field_tests {
     }
 
     #[test]
+    fn consent_is_checked_only_where_the_flow_requires_it() {
+        let mut a = agreement_with_fields(&["*"]);
+        assert!(check_consent(&a, &a.doc.flows[0], "").is_ok());
+        a.doc.flows[0].consent_required = true;
+        let v = check_consent(&a, &a.doc.flows[0], " ").unwrap_err();
+        assert_eq!(v.reason, RejectReason::ConsentMissing);
+        assert!(v.message.contains("consent_reference"), "{}", v.message);
+        assert!(check_consent(&a, &a.doc.flows[0], "CONSENT-2026-0042").is_ok());
+    }
+
+    #[test]
     fn star_allows_the_whole_message() {
         let a = agreement_with_fields(&["*"]);
         assert!(check_fields(&a, &a.doc.flows[0], &response(true)).is_ok());
@@ -285,6 +296,28 @@ mod tests {
         assert_eq!(v.reason, RejectReason::NotAParty);
         assert!(v.message.contains("recipient FR"));
     }
+}
+
+/// Checks that a consent reference is present where `flow` requires one.
+pub fn check_consent(
+    agreement: &Agreement,
+    flow: &Flow,
+    consent_reference: &str,
+) -> Result<(), PolicyViolation> {
+    if !flow.consent_required || !consent_reference.trim().is_empty() {
+        return Ok(());
+    }
+    Err(PolicyViolation {
+        reason: RejectReason::ConsentMissing,
+        message: format!(
+            "agreement {} v{}, flow {} {}->{}: requires a consent_reference and none was given",
+            agreement.id(),
+            agreement.doc.version,
+            flow.message_type,
+            flow.from,
+            flow.to
+        ),
+    })
 }
 
 /// Which side of a flow a rate is counted on (each side keeps its own count).

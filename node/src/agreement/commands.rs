@@ -175,10 +175,13 @@ pub fn show(file: &Path, now_ms: i64) -> Result<String, CommandError> {
         } else {
             format!("fields: {}", fields.join(", "))
         };
-        let rate = f
+        let mut rate = f
             .rate_limit_per_minute
             .map(|r| format!("; at most {r}/min"))
             .unwrap_or_default();
+        if f.consent_required {
+            rate.push_str("; consent reference required");
+        }
         let _ = writeln!(
             out,
             "  {} -> {}  {}  ({fields}{rate})",

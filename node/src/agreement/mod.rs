@@ -119,6 +119,10 @@ pub struct Flow {
     /// Sender and receiver each enforce it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_minute: Option<u32>,
+    /// True if each message needs a reference to the data subject's consent (carried, signed, in
+    /// the envelope header). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub consent_required: bool,
 }
 
 impl Flow {
@@ -699,6 +703,7 @@ pub(crate) mod tests {
                 to: parties[1].card.admin.clone(),
                 fields: vec![toml::Spanned::new(0..0, "*".to_owned())],
                 rate_limit_per_minute: None,
+                consent_required: false,
             }],
         }
     }

@@ -68,6 +68,7 @@ fn flow(message_type: &str, from: &str, to: &str, fields: &[&str]) -> Flow {
         to: to.into(),
         fields: spanned(fields),
         rate_limit_per_minute: None,
+        consent_required: false,
     }
 }
 

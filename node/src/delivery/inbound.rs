@@ -145,6 +145,7 @@ fn check_and_open(
         },
     )?;
     let flow = policy::check(agreement, &facts)?;
+    policy::check_consent(agreement, flow, &header.consent_reference)?;
     state
         .rates
         .admit(agreement, flow, policy::Side::Receiving)?;
@@ -268,6 +269,7 @@ async fn accept(
                 received_at_ms,
                 ledger_index: index,
                 envelope_digest: digest.to_vec(),
+                consent_reference: header.consent_reference.clone(),
             },
         )
         .map_err(|e| internal(e.to_string()))?;

@@ -56,7 +56,8 @@ impl Refusal {
             RejectReason::SenderMismatch
             | RejectReason::NotAParty
             | RejectReason::FlowNotAllowed
-            | RejectReason::FieldNotAllowed => Code::PermissionDenied,
+            | RejectReason::FieldNotAllowed
+            | RejectReason::ConsentMissing => Code::PermissionDenied,
             RejectReason::BadSignature => Code::Unauthenticated,
             RejectReason::UnknownAgreement
             | RejectReason::AgreementInactive

@@ -102,12 +102,13 @@ pub fn request(
 
 /// Digest of what the back office asked to send, to recognise a retry of the same message.
 fn request_digest(req: &SendRequest) -> [u8; 32] {
-    let fields: [&[u8]; 5] = [
+    let fields: [&[u8]; 6] = [
         req.agreement_id.as_bytes(),
         req.recipient.as_bytes(),
         req.message_type.as_bytes(),
         &req.payload,
         req.in_reply_to.as_bytes(),
+        req.consent_reference.as_bytes(),
     ];
     let mut parts: Vec<Vec<u8>> = Vec::with_capacity(fields.len() * 2);
     for f in fields {
@@ -183,6 +184,8 @@ async fn checked_send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRe
     let flow = policy::check(agreement, &flow_facts).map_err(|v| refused(v.into()))?;
     let message = super::check_payload(&req.message_type, &req.payload).map_err(refused)?;
     policy::check_fields(agreement, flow, &message).map_err(|v| refused(v.into()))?;
+    policy::check_consent(agreement, flow, &req.consent_reference)
+        .map_err(|v| refused(v.into()))?;
     state
         .rates
         .admit(agreement, flow, policy::Side::Sending)
@@ -263,6 +266,7 @@ async fn checked_send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRe
                 agreement.digest,
                 req.recipient.clone(),
             );
+            let consent_reference = req.consent_reference.clone();
             let (message_type, payload, in_reply_to) = (
                 req.message_type.clone(),
                 req.payload,
@@ -280,6 +284,7 @@ async fn checked_send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRe
                         message_type: &message_type,
                         payload: &payload,
                         in_reply_to: &in_reply_to,
+                        consent_reference: &consent_reference,
                         created_at_ms: now,
                         expires_at_ms: now + i64::try_from(ttl * 1000).unwrap_or(i64::MAX / 2),
                     },

@@ -26,6 +26,8 @@ pub struct Outgoing<'a> {
     pub payload: &'a [u8],
     /// Message id this one answers, or empty.
     pub in_reply_to: &'a str,
+    /// Consent reference where the flow requires one, or empty.
+    pub consent_reference: &'a str,
     /// Creation time, Unix ms.
     pub created_at_ms: i64,
     /// Expiry time, Unix ms.
@@ -79,6 +81,7 @@ pub fn seal(
         in_reply_to: msg.in_reply_to.to_owned(),
         ciphertext_digest: super::ciphertext_digest(&encapsulated_key, &sealed_payload).to_vec(),
         payload_commitment: payload_commitment.to_vec(),
+        consent_reference: msg.consent_reference.to_owned(),
     }
     .encode_to_vec();
     let signature = sign_header(&header, signer);

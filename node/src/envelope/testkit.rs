@@ -66,6 +66,7 @@ impl Parties {
                 message_type: "dccf.v1.RiskAlert",
                 payload,
                 in_reply_to: "",
+                consent_reference: "",
                 created_at_ms: created,
                 expires_at_ms: expires,
             },

@@ -116,3 +116,83 @@ async fn a_reload_with_a_broken_agreement_keeps_the_previous_set() {
         .expect("the previous agreements stay in force");
     assert_eq!(agreement_entries(fed.node("NL")).len(), 1);
 }
+
+#[tokio::test]
+async fn payloads_past_their_flows_retention_are_crypto_shredded_and_the_ledger_still_verifies() {
+    let example = dccf_node::demo::EXAMPLE_AGREEMENT;
+    let from = "message_type = \"dccf.v1.RiskAlert\"\nfrom = \"NL\"\nto = \"BR\"\nfields = [\"*\"]";
+    let template = example.replace(from, &format!("{from}\nretention_days = 1"));
+    assert_ne!(template, example);
+    let fed = Federation::start(&["NL", "BR"], &template, "nl-br-exchange", |_| {}).await;
+    let mut nl = fed.gateway("NL");
+    nl.send(send_request(
+        "nl-br-exchange",
+        "BR",
+        ALERT,
+        dccf_node::samples::risk_alert(1).encode_to_vec(),
+    ))
+    .await
+    .unwrap();
+    let decl = dccf_node::samples::pre_arrival_declaration(1).encode_to_vec();
+    nl.send(send_request(
+        "nl-br-exchange",
+        "BR",
+        "dccf.v1.PreArrivalDeclaration",
+        decl,
+    ))
+    .await
+    .unwrap();
+    let state = &fed.node("BR").state;
+    let now = dccf_node::envelope::now_ms();
+
+    // Within retention nothing happens.
+    assert_eq!(
+        dccf_node::delivery::retention::sweep(state, now)
+            .await
+            .unwrap(),
+        0
+    );
+    // Two days later the alert (1-day retention) is shredded; the declaration (no retention) stays.
+    let later = now + 2 * 86_400_000;
+    assert_eq!(
+        dccf_node::delivery::retention::sweep(state, later)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        dccf_node::delivery::retention::sweep(state, later)
+            .await
+            .unwrap(),
+        0,
+        "only once"
+    );
+    let inbox = drain_inbox(&mut fed.gateway("BR")).await;
+    assert_eq!(
+        inbox
+            .iter()
+            .map(|m| m.message_type.as_str())
+            .collect::<Vec<_>>(),
+        ["dccf.v1.PreArrivalDeclaration"]
+    );
+
+    let entries = ledger_entries(fed.node("BR"));
+    let deletion = entries
+        .iter()
+        .find(|e| e.kind() == EntryKind::RetentionDeletion)
+        .expect("deletion recorded");
+    assert_eq!(deletion.peer, "NL");
+    assert!(deletion.detail.contains("1 days"), "{}", deletion.detail);
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.kind() == EntryKind::EnvelopeReceived)
+            .count(),
+        2,
+        "history intact"
+    );
+    state
+        .store
+        .verify()
+        .expect("the Merkle tree still verifies");
+}

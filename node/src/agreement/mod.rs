@@ -123,6 +123,10 @@ pub struct Flow {
     /// the envelope header). Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub consent_required: bool,
+    /// Days the receiver may keep a payload of this flow; after that the node crypto-shreds it,
+    /// acknowledged or not. Absent means until the back office acknowledges it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
 }
 
 impl Flow {
@@ -299,6 +303,11 @@ impl Agreement {
                         crate::proto::MESSAGE_TYPES.join(", ")
                     ))
                 })?;
+            if flow.retention_days == Some(0) {
+                return Err(invalid(format!(
+                    "flows[{i}].retention_days: 0 would delete data on arrival; give at least 1"
+                )));
+            }
             if flow.rate_limit_per_minute == Some(0) {
                 return Err(invalid(format!(
                     "flows[{i}].rate_limit_per_minute: 0 would block the flow; remove the flow instead"
@@ -704,6 +713,7 @@ pub(crate) mod tests {
                 fields: vec![toml::Spanned::new(0..0, "*".to_owned())],
                 rate_limit_per_minute: None,
                 consent_required: false,
+                retention_days: None,
             }],
         }
     }

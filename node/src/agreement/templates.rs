@@ -69,6 +69,7 @@ fn flow(message_type: &str, from: &str, to: &str, fields: &[&str]) -> Flow {
         fields: spanned(fields),
         rate_limit_per_minute: None,
         consent_required: false,
+        retention_days: None,
     }
 }
 

@@ -153,6 +153,27 @@ pub async fn ack(store: &Store, ids: &[String]) -> Result<u32, InboxError> {
     Ok(count)
 }
 
+/// Every inbox record's metadata (payload still encrypted), in arrival order.
+pub fn records(store: &Store) -> Result<Vec<InboxMessage>, InboxError> {
+    store
+        .scan_prefix(INBOX)?
+        .into_iter()
+        .map(|(_, v)| {
+            InboxMessage::decode(v.as_slice()).map_err(|e| InboxError::Corrupt {
+                index: 0,
+                detail: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Stages the destruction of the record at ledger index `index` and its data key.
+pub fn stage_shred(txn: &mut Txn<'_>, index: u64) -> Result<(), InboxError> {
+    txn.remove(record_key(KEYS, index))?;
+    txn.remove(record_key(INBOX, index))?;
+    Ok(())
+}
+
 /// Number of messages waiting in the inbox.
 pub fn len(store: &Store) -> Result<usize, InboxError> {
     Ok(store.scan_prefix(INBOX)?.len())

@@ -9,6 +9,7 @@ pub mod inbound;
 pub mod inbox;
 pub mod outbound;
 pub mod peers;
+pub mod retention;
 
 use crate::proto::v1::RejectReason;
 

@@ -179,7 +179,8 @@ pub async fn start_on(
             ),
     );
     // Agreements come into and leave force with time (valid_from, valid_until, a newer
-    // version's start): check every half minute and record each change in the ledger.
+    // version's start), and payloads pass their retention: check every half minute, record each
+    // agreement change and crypto-shred what is past retention.
     let lifecycle_task = {
         let (state, mut stop) = (state.clone(), shutdown.subscribe());
         tokio::spawn(async move {
@@ -197,6 +198,10 @@ pub async fn start_on(
                 };
                 if let Err(e) = result {
                     tracing::error!(error = %e, "could not record agreement changes in the ledger");
+                }
+                let now = crate::envelope::now_ms();
+                if let Err(e) = crate::delivery::retention::sweep(&state, now).await {
+                    tracing::error!(error = %e, "retention sweep failed");
                 }
             }
         })

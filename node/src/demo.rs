@@ -1,11 +1,12 @@
-//! `dccf-node demo`: two administrations (NL and BR) on loopback, each with its own keys, CA and
-//! ledger, exchanging real signed and encrypted messages through real gRPC nodes over mutual TLS
-//! under a signed agreement, with one refusal on each side. Prints what happened.
+//! `dccf-node demo`: three administrations (NL, BR, DE) on loopback, each with its own keys, CA
+//! and ledger, exchanging real signed and encrypted messages through real gRPC nodes over mutual
+//! TLS under two signed agreements (a bilateral AEO MRA and a multilateral pre-arrival
+//! agreement), with one refusal on each side. Prints what happened.
 //!
-//! The agreement is `agreements/nl-br-exchange.toml` (embedded in the binary). Its party cards
-//! name the keys of whoever last signed the shipped copy, so the demo swaps in the cards of the
-//! identities it has just generated and has both administrations sign the result — exactly what
-//! two real administrations do with a template.
+//! The agreements are `agreements/nl-br-aeo-mra.toml` and `agreements/pre-arrival-nl-br-de.toml`
+//! (embedded in the binary). Their party cards name the keys of whoever last signed the shipped
+//! copies, so the demo swaps in the cards of the identities it has just generated and has every
+//! party sign the result — exactly what real administrations do with a template.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,10 +22,22 @@ use crate::proto::v1::{
 };
 use crate::server::{RunningNode, start_on};
 
-/// The example agreement shipped in `agreements/`.
+/// The general bilateral example agreement shipped in `agreements/` (used by the tests).
 pub const EXAMPLE_AGREEMENT: &str = include_str!("../../agreements/nl-br-exchange.toml");
-/// File name of the example agreement.
+/// File name of the general example agreement.
 pub const EXAMPLE_AGREEMENT_FILE: &str = "nl-br-exchange.toml";
+/// The bilateral AEO mutual-recognition example (NL, BR).
+pub const MRA_AGREEMENT: &str = include_str!("../../agreements/nl-br-aeo-mra.toml");
+/// File name of the MRA example.
+pub const MRA_AGREEMENT_FILE: &str = "nl-br-aeo-mra.toml";
+/// Id of the MRA example.
+pub const MRA_ID: &str = "nl-br-aeo-mra";
+/// The multilateral pre-arrival and risk-alert example (NL, BR, DE).
+pub const PRE_ARRIVAL_AGREEMENT: &str = include_str!("../../agreements/pre-arrival-nl-br-de.toml");
+/// File name of the pre-arrival example.
+pub const PRE_ARRIVAL_AGREEMENT_FILE: &str = "pre-arrival-nl-br-de.toml";
+/// Id of the pre-arrival example.
+pub const PRE_ARRIVAL_ID: &str = "pre-arrival-nl-br-de";
 
 /// Demo errors (all carry a one-line message).
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +56,14 @@ pub struct DemoNode {
     pub node: RunningNode,
 }
 
-/// Creates identities for `admins` under `root/<admin>/`, writes the agreement `template` (TOML)
-/// with their cards into each agreements directory as `file_name`, signed by all, and returns the
-/// configs with listeners bound on free loopback ports.
+/// Creates identities for `admins` under `root/<admin>/` and, for each `(template, file name)`
+/// in `agreements`, writes the agreement with its parties' fresh cards, has every party sign it,
+/// and puts it in each party's agreements directory. Returns the configs with listeners bound on
+/// free loopback ports.
 pub async fn setup(
     root: &Path,
     admins: &[&str],
-    template: &str,
-    file_name: &str,
+    agreements: &[(&str, &str)],
 ) -> Result<Vec<(NodeConfig, TcpListener, TcpListener)>, DemoError> {
     let mut prepared = Vec::new();
     let mut cards = Vec::new();
@@ -76,32 +89,39 @@ pub async fn setup(
         cards.push(card);
         prepared.push((config, exchange, gateway));
     }
-    let mut doc: AgreementDoc = toml::from_str(template).map_err(fail)?;
-    doc.parties = doc
-        .parties
-        .iter()
-        .map(|p| {
-            cards
-                .iter()
-                .find(|c| c.admin == p.admin)
-                .cloned()
-                .ok_or_else(|| fail(format!("no identity for party {}", p.admin)))
-        })
-        .collect::<Result<_, _>>()?;
-    let text = format!(
-        "# Signed by the demo's freshly generated identities; see agreements/README.md.\n{}",
-        toml::to_string(&doc).map_err(fail)?
-    );
-    let first = &prepared[0].0;
-    let agreement_path = first.agreements_dir.join(file_name);
-    std::fs::write(&agreement_path, text).map_err(fail)?;
-    for (config, _, _) in &prepared {
-        let id = crate::identity::NodeIdentity::load(&config.identity_paths(), &config.admin)
-            .map_err(fail)?;
-        sign_file(&agreement_path, &config.admin, id.signing.signing_key()).map_err(fail)?;
-    }
-    for (config, _, _) in prepared.iter().skip(1) {
-        copy_agreement(&agreement_path, &config.agreements_dir, admins)?;
+    for (template, file_name) in agreements {
+        let mut doc: AgreementDoc = toml::from_str(template).map_err(fail)?;
+        doc.parties = doc
+            .parties
+            .iter()
+            .map(|p| {
+                cards
+                    .iter()
+                    .find(|c| c.admin == p.admin)
+                    .cloned()
+                    .ok_or_else(|| fail(format!("no identity for party {}", p.admin)))
+            })
+            .collect::<Result<_, _>>()?;
+        let parties: Vec<&str> = doc.parties.iter().map(|p| p.admin.as_str()).collect();
+        let configs: Vec<&NodeConfig> = prepared
+            .iter()
+            .map(|(c, _, _)| c)
+            .filter(|c| parties.contains(&c.admin.as_str()))
+            .collect();
+        let text = format!(
+            "# Signed by the demo's freshly generated identities; see agreements/README.md.\n{}",
+            toml::to_string(&doc).map_err(fail)?
+        );
+        let agreement_path = configs[0].agreements_dir.join(file_name);
+        std::fs::write(&agreement_path, text).map_err(fail)?;
+        for config in &configs {
+            let id = crate::identity::NodeIdentity::load(&config.identity_paths(), &config.admin)
+                .map_err(fail)?;
+            sign_file(&agreement_path, &config.admin, id.signing.signing_key()).map_err(fail)?;
+        }
+        for config in configs.iter().skip(1) {
+            copy_agreement(&agreement_path, &config.agreements_dir, &parties)?;
+        }
     }
     Ok(prepared)
 }
@@ -138,13 +158,15 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
         }
     };
     println!(
-        "DCCF node demo: two customs administrations exchanging data peer to peer on loopback\n"
+        "DCCF node demo: three customs administrations exchanging data peer to peer on loopback\n"
     );
     let prepared = setup(
         &root,
-        &["NL", "BR"],
-        EXAMPLE_AGREEMENT,
-        EXAMPLE_AGREEMENT_FILE,
+        &["NL", "BR", "DE"],
+        &[
+            (MRA_AGREEMENT, MRA_AGREEMENT_FILE),
+            (PRE_ARRIVAL_AGREEMENT, PRE_ARRIVAL_AGREEMENT_FILE),
+        ],
     )
     .await?;
     let mut nodes = Vec::new();
@@ -161,167 +183,182 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
         );
         nodes.push(DemoNode { config, node });
     }
-    let (nl, br) = (&nodes[0], &nodes[1]);
-    let agreements = nl.node.state.agreements();
-    let agreement = agreements
-        .active("nl-br-exchange", crate::envelope::now_ms())
-        .map_err(fail)?;
-    println!(
-        "  agreement {} v{} \"{}\"\n    digest {}…, signed by {}; flows: {}\n",
-        agreement.id(),
-        agreement.doc.version,
-        agreement.doc.title,
-        short(&agreement.digest),
-        agreement
-            .parties
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", "),
-        agreement
-            .doc
-            .flows
-            .iter()
-            .map(|f| format!(
-                "{} {}→{}",
-                f.message_type.trim_start_matches("dccf.v1."),
-                f.from,
-                f.to
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-
-    let mut nl_gw = gateway_client_for(&nl.config).map_err(fail)?;
-    let mut br_gw = gateway_client_for(&br.config).map_err(fail)?;
-
-    // 1. Pre-arrival declaration NL → BR.
-    let decl = crate::samples::pre_arrival_declaration(1);
-    let sent = nl_gw
-        .send(request(
-            "nl-br-exchange",
-            "BR",
-            "dccf.v1.PreArrivalDeclaration",
-            decl.encode_to_vec(),
-            "",
-        ))
-        .await
-        .map_err(|s| fail(format!("send declaration: {}", s.message())))?
-        .into_inner();
-    let receipt = receipt_body(&sent)?;
-    println!(
-        "1. NL → BR  pre-arrival declaration {} ({} goods items, {} bytes)",
-        decl_ref(&decl),
-        decl.goods_items.len(),
-        decl.encoded_len()
-    );
-    println!(
-        "   signed (Ed25519) + sealed to BR (HPKE), ledgered by NL at #{}; BR receipt verified: BR ledger #{}, root {}…",
-        sent.sent_ledger_index,
-        receipt.ledger_index,
-        short(&receipt.ledger_root)
-    );
-    let received = drain_inbox(&mut br_gw).await?;
-    for m in &received {
-        let d = PreArrivalDeclaration::decode(m.payload.as_slice()).map_err(fail)?;
+    let agreements = nodes[0].node.state.agreements();
+    for id in [MRA_ID, PRE_ARRIVAL_ID] {
+        let a = agreements
+            .active(id, crate::envelope::now_ms())
+            .map_err(fail)?;
         println!(
-            "   BR inbox: {} from {} — {}, {} items, first HS {}",
-            m.message_type.trim_start_matches("dccf.v1."),
-            m.sender,
-            decl_ref(&d),
-            d.goods_items.len(),
-            d.goods_items
-                .first()
-                .map(|g| g.hs_code.as_str())
-                .unwrap_or("-")
+            "  agreement {} v{} \"{}\": signed by {}, digest {}…, {} flows",
+            a.id(),
+            a.doc.version,
+            a.doc.title,
+            a.parties.keys().cloned().collect::<Vec<_>>().join(", "),
+            short(&a.digest),
+            a.doc.flows.len()
         );
     }
-    ack_all(&mut br_gw, &received).await?;
+    println!();
+    let (nl, br, de) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut nl_gw = gateway_client_for(&nl.config).map_err(fail)?;
+    let mut br_gw = gateway_client_for(&br.config).map_err(fail)?;
+    let mut de_gw = gateway_client_for(&de.config).map_err(fail)?;
 
-    // 2. AEO status query BR → NL, and NL's answer.
+    // 1. Pre-arrival declarations NL → BR and NL → DE under the multilateral agreement.
+    println!("1. Pre-arrival declarations under {PRE_ARRIVAL_ID}");
+    for (to, gw, seq) in [("BR", &mut br_gw, 1), ("DE", &mut de_gw, 2)] {
+        let decl = crate::samples::pre_arrival_declaration(seq);
+        let sent = nl_gw
+            .send(request(
+                PRE_ARRIVAL_ID,
+                to,
+                "dccf.v1.PreArrivalDeclaration",
+                decl.encode_to_vec(),
+                "",
+            ))
+            .await
+            .map_err(|s| fail(format!("send declaration: {}", s.message())))?
+            .into_inner();
+        let receipt = receipt_body(&sent)?;
+        println!(
+            "   NL → {to}  {} ({} goods items, {} bytes): signed, sealed to {to}, ledgered by NL at #{}; {to}'s receipt verified ({to} ledger #{}, root {}…)",
+            decl_ref(&decl),
+            decl.goods_items.len(),
+            decl.encoded_len(),
+            sent.sent_ledger_index,
+            receipt.ledger_index,
+            short(&receipt.ledger_root)
+        );
+        let received = drain_inbox(gw).await?;
+        for m in &received {
+            let d = PreArrivalDeclaration::decode(m.payload.as_slice()).map_err(fail)?;
+            println!(
+                "   {to} inbox: {} from {}, ETA in {} h, first HS {}",
+                decl_ref(&d),
+                m.sender,
+                (d.eta_ms - d.created_at_ms) / 3_600_000,
+                d.goods_items
+                    .first()
+                    .map(|g| g.hs_code.as_str())
+                    .unwrap_or("-")
+            );
+        }
+        ack_all(gw, &received).await?;
+    }
+
+    // 2. AEO status lookup BR → NL under the bilateral MRA, with a refusal on the sender side.
+    let decl = crate::samples::pre_arrival_declaration(1);
     let operator = decl
         .consignor
         .as_ref()
         .and_then(|p| p.aeo_authorisation_number.clone())
         .unwrap_or_else(|| "NLAEOC0001".into());
+    println!("\n2. AEO status lookup under {MRA_ID}");
     let query = crate::samples::aeo_status_query(&operator, 1);
-    let q_sent = br_gw
+    br_gw
         .send(request(
-            "nl-br-exchange",
+            MRA_ID,
             "NL",
             "dccf.v1.AeoStatusQuery",
             query.encode_to_vec(),
             "",
         ))
         .await
-        .map_err(|s| fail(format!("send AEO query: {}", s.message())))?
-        .into_inner();
-    println!(
-        "\n2. BR → NL  AEO status query for operator {operator} (message {})",
-        q_sent.message_id
-    );
+        .map_err(|s| fail(format!("send AEO query: {}", s.message())))?;
+    println!("   BR → NL  status query for consignor {operator}");
     let queries = drain_inbox(&mut nl_gw).await?;
     for m in &queries {
         let q = AeoStatusQuery::decode(m.payload.as_slice()).map_err(fail)?;
-        let answer = crate::samples::aeo_status_response(&q, AeoStatus::Valid);
-        let a_sent = nl_gw
+        let full = crate::samples::aeo_status_response(&q, AeoStatus::Valid);
+        // The MRA discloses status and validity only: NL's own node refuses the name and address.
+        match nl_gw
             .send(request(
-                "nl-br-exchange",
+                MRA_ID,
                 "BR",
                 "dccf.v1.AeoStatusResponse",
-                answer.encode_to_vec(),
+                full.encode_to_vec(),
                 &m.message_id,
             ))
             .await
-            .map_err(|s| fail(format!("send AEO answer: {}", s.message())))?
-            .into_inner();
-        println!(
-            "   NL answers: {:?} (message {}, in reply to {})",
-            AeoStatus::Valid,
-            a_sent.message_id,
-            m.message_id
-        );
+        {
+            Ok(_) => return Err(fail("NL's node disclosed fields the MRA does not allow")),
+            Err(s) => println!(
+                "   NL → BR  answer with operator name and address: refused by NL's own node, nothing sent ({:?}):\n            {}",
+                s.code(),
+                s.message()
+            ),
+        }
+        let mut status_only = full;
+        status_only.operator_name = None;
+        status_only.operator_address = None;
+        nl_gw
+            .send(request(
+                MRA_ID,
+                "BR",
+                "dccf.v1.AeoStatusResponse",
+                status_only.encode_to_vec(),
+                &m.message_id,
+            ))
+            .await
+            .map_err(|s| fail(format!("send AEO answer: {}", s.message())))?;
+        println!("   NL → BR  answer with status and validity only: delivered and receipted");
     }
     ack_all(&mut nl_gw, &queries).await?;
     let answers = drain_inbox(&mut br_gw).await?;
     for m in &answers {
         let r = crate::proto::v1::AeoStatusResponse::decode(m.payload.as_slice()).map_err(fail)?;
         println!(
-            "   BR inbox: AEO status of {} is {:?}",
+            "   BR inbox: {} is {:?} ({:?}), no name or address disclosed: {}",
             r.operator_identifier,
-            r.status()
+            r.status(),
+            r.programme(),
+            r.operator_name.is_none() && r.operator_address.is_none()
         );
     }
     ack_all(&mut br_gw, &answers).await?;
 
-    // 3. Refused by the sender's own node: BR may not send declarations to NL.
-    println!("\n3. BR → NL  pre-arrival declaration, a flow the agreement does not list");
-    match br_gw
+    // 3. A risk alert DE → BR.
+    println!("\n3. Risk alert under {PRE_ARRIVAL_ID}");
+    let alert = crate::samples::risk_alert(1);
+    de_gw
         .send(request(
-            "nl-br-exchange",
-            "NL",
-            "dccf.v1.PreArrivalDeclaration",
-            crate::samples::pre_arrival_declaration(2).encode_to_vec(),
+            PRE_ARRIVAL_ID,
+            "BR",
+            "dccf.v1.RiskAlert",
+            alert.encode_to_vec(),
             "",
         ))
         .await
-    {
-        Ok(_) => return Err(fail("BR's node sent a message the agreement forbids")),
-        Err(s) => println!(
-            "   refused by BR's own node, nothing sent ({:?}):\n   {}",
-            s.code(),
-            s.message()
-        ),
+        .map_err(|s| fail(format!("send risk alert: {}", s.message())))?;
+    let alerts = drain_inbox(&mut br_gw).await?;
+    for m in &alerts {
+        let a = crate::proto::v1::RiskAlert::decode(m.payload.as_slice()).map_err(fail)?;
+        println!(
+            "   DE → BR  {} ({:?}, {:?}): in BR's inbox",
+            a.alert_id,
+            a.severity(),
+            a.category()
+        );
     }
+    ack_all(&mut br_gw, &alerts).await?;
 
-    // 4. Refused by the receiver: a hand-built envelope that skips NL's own checks.
+    // 4. Refused by the receiver: a hand-built envelope that skips DE's own checks.
     println!(
-        "\n4. NL → BR  hand-built envelope of an unlisted type, bypassing NL's own policy check"
+        "\n4. DE → BR  hand-built AEO query under {PRE_ARRIVAL_ID} (no such flow), bypassing DE's own checks"
     );
-    match forged_delivery(&nl.node, "BR").await {
+    let payload = crate::samples::aeo_status_query("BRAEO0001", 9).encode_to_vec();
+    match forged_delivery(
+        &de.node,
+        PRE_ARRIVAL_ID,
+        "BR",
+        "dccf.v1.AeoStatusQuery",
+        &payload,
+    )
+    .await
+    {
         Ok(()) => return Err(fail("BR accepted a message the agreement forbids")),
         Err(s) => println!(
-            "   rejected by BR and recorded in BR's ledger ({:?}):\n   {}",
+            "   rejected by BR and recorded in BR's ledger ({:?}):\n            {}",
             s.code(),
             s.message()
         ),
@@ -333,7 +370,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
     for n in &nodes {
         let head = n.node.state.store.durable_head();
         println!(
-            "   {}  {} entries  root {}",
+            "   {}  {:>2} entries  root {}",
             n.config.admin,
             head.size,
             hex::encode(head.root)
@@ -354,6 +391,10 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
         println!(
             "   cargo run --release -- inbox --config {} --ack",
             br_cfg.display()
+        );
+        println!(
+            "   cargo run --release -- agreement show {}",
+            nl.config.agreements_dir.join(MRA_AGREEMENT_FILE).display()
         );
         println!("Press Ctrl-C to stop.");
         let _ = tokio::signal::ctrl_c().await;
@@ -415,20 +456,26 @@ async fn ack_all(gw: &mut Gw, msgs: &[crate::proto::v1::InboxMessage]) -> Result
     Ok(())
 }
 
-/// Seals and signs, with `node`'s real keys, an AEO status query to `to` (a flow that only runs
-/// the other way) and delivers it straight to the partner's Exchange service.
-pub async fn forged_delivery(node: &RunningNode, to: &str) -> Result<(), tonic::Status> {
+/// Seals and signs, with `node`'s real keys, a message of `message_type` to `to` under
+/// `agreement_id` without any of the node's own policy checks, and delivers it straight to the
+/// partner's Exchange service (to show what the receiver does with it).
+pub async fn forged_delivery(
+    node: &RunningNode,
+    agreement_id: &str,
+    to: &str,
+    message_type: &str,
+    payload: &[u8],
+) -> Result<(), tonic::Status> {
     let state: &Arc<crate::state::NodeState> = &node.state;
     let now = crate::envelope::now_ms();
     let agreements = state.agreements();
     let agreement = agreements
-        .active("nl-br-exchange", now)
+        .active(agreement_id, now)
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
     let partner = agreement
         .party(to)
         .ok_or_else(|| tonic::Status::internal("no partner"))?;
     let id = uuid::Uuid::now_v7().to_string();
-    let payload = crate::samples::aeo_status_query("NLAEOC0001", 9).encode_to_vec();
     let envelope = crate::envelope::seal::seal(
         &crate::envelope::seal::Outgoing {
             message_id: &id,
@@ -436,8 +483,8 @@ pub async fn forged_delivery(node: &RunningNode, to: &str) -> Result<(), tonic::
             agreement_digest: &agreement.digest,
             sender: state.admin(),
             recipient: to,
-            message_type: "dccf.v1.AeoStatusQuery",
-            payload: &payload,
+            message_type,
+            payload,
             in_reply_to: "",
             consent_reference: "",
             created_at_ms: now,
@@ -471,7 +518,7 @@ pub fn sample_send_json() -> String {
         .unwrap_or(None)
         .unwrap_or(serde_json::Value::Null);
     serde_json::to_string_pretty(&serde_json::json!({
-        "agreement": "nl-br-exchange",
+        "agreement": PRE_ARRIVAL_ID,
         "to": "BR",
         "type": "dccf.v1.PreArrivalDeclaration",
         "message": desc,

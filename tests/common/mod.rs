@@ -116,14 +116,11 @@ impl Federation {
     ) -> Federation {
         init();
         let root = tempfile::tempdir().expect("temp dir");
-        let prepared = dccf_node::demo::setup(
-            root.path(),
-            admins,
-            template,
-            &format!("{agreement_id}.toml"),
-        )
-        .await
-        .expect("federation setup");
+        let file_name = format!("{agreement_id}.toml");
+        let prepared =
+            dccf_node::demo::setup(root.path(), admins, &[(template, file_name.as_str())])
+                .await
+                .expect("federation setup");
         let mut out = Vec::new();
         for (mut config, exchange, gateway) in prepared {
             tweak(&mut config);

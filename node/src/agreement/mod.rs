@@ -731,15 +731,19 @@ pub(crate) mod tests {
     const NOW: i64 = 1_790_000_000_000;
 
     #[test]
-    fn the_shipped_example_agreement_is_signed_by_all_its_parties() {
+    fn the_shipped_example_agreements_are_signed_by_all_their_parties() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agreements");
         let set = AgreementSet::load_dir(&dir)
             .expect("shipped agreements load and their signatures verify");
-        let a = set
-            .active("nl-br-exchange", NOW)
-            .expect("active inside its window");
-        assert!(a.unsigned_by.is_empty());
-        assert_eq!(a.parties.keys().collect::<Vec<_>>(), ["BR", "NL"]);
+        for (id, parties) in [
+            ("nl-br-exchange", vec!["BR", "NL"]),
+            ("nl-br-aeo-mra", vec!["BR", "NL"]),
+            ("pre-arrival-nl-br-de", vec!["BR", "DE", "NL"]),
+        ] {
+            let a = set.active(id, NOW).expect("active inside its window");
+            assert!(a.unsigned_by.is_empty(), "{id}");
+            assert_eq!(a.parties.keys().collect::<Vec<_>>(), parties, "{id}");
+        }
     }
 
     #[test]

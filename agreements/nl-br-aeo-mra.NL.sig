@@ -1,0 +1,1 @@
+zd/Awjbv6eC46uRU/W6s4t7JfQDRgOmScpslAi2ECs+0v9ylIjkTKT1fyiS0UcmZwzhc1LUgFdf4J+sS2kOAAQ==

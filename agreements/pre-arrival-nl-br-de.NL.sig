@@ -1,0 +1,1 @@
+gkxWV17kDgqthVHIMFRvrf6gDZLlX23HNnk6TmkAARN9bdwTdofz6v4D/NfIIsiXc6YKL1Rw+RZaVJekznAnBA==

@@ -196,3 +196,72 @@ async fn payloads_past_their_flows_retention_are_crypto_shredded_and_the_ledger_
         .verify()
         .expect("the Merkle tree still verifies");
 }
+
+#[tokio::test]
+async fn data_received_under_a_no_onward_transfer_flow_cannot_be_passed_on() {
+    use dccf_node::demo::{PRE_ARRIVAL_AGREEMENT, PRE_ARRIVAL_ID};
+    const DECL: &str = "dccf.v1.PreArrivalDeclaration";
+    // NL → BR declarations forbid onward transfer (the default); BR → DE declarations are a flow.
+    let fed = Federation::start(
+        &["NL", "BR", "DE"],
+        PRE_ARRIVAL_AGREEMENT,
+        PRE_ARRIVAL_ID,
+        |_| {},
+    )
+    .await;
+    let decl = dccf_node::samples::pre_arrival_declaration(5).encode_to_vec();
+    fed.gateway("NL")
+        .send(send_request(PRE_ARRIVAL_ID, "BR", DECL, decl.clone()))
+        .await
+        .unwrap();
+    let received = drain_inbox(&mut fed.gateway("BR")).await;
+    assert_eq!(received[0].payload, decl);
+
+    let mut br = fed.gateway("BR");
+    let status = br
+        .send(send_request(
+            PRE_ARRIVAL_ID,
+            "DE",
+            DECL,
+            received[0].payload.clone(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(reason(&status), "REJECT_REASON_ONWARD_TRANSFER_FORBIDDEN");
+    assert!(
+        status.message().contains("received from NL"),
+        "{}",
+        status.message()
+    );
+    // Back to its origin is not onward transfer; BR's own declarations still go to DE.
+    br.send(send_request(PRE_ARRIVAL_ID, "NL", DECL, decl))
+        .await
+        .expect("back to the original sender");
+    let own = dccf_node::samples::pre_arrival_declaration(6).encode_to_vec();
+    br.send(send_request(PRE_ARRIVAL_ID, "DE", DECL, own))
+        .await
+        .expect("BR's own data flows");
+}
+
+#[tokio::test]
+async fn a_flow_that_allows_onward_transfer_lets_the_data_be_passed_on() {
+    use dccf_node::demo::{PRE_ARRIVAL_AGREEMENT, PRE_ARRIVAL_ID};
+    const DECL: &str = "dccf.v1.PreArrivalDeclaration";
+    let from = "message_type = \"dccf.v1.PreArrivalDeclaration\"\nfrom = \"NL\"\nto = \"BR\"\nfields = [\"*\"]";
+    assert!(
+        PRE_ARRIVAL_AGREEMENT.contains(from),
+        "example changed shape"
+    );
+    let template = PRE_ARRIVAL_AGREEMENT.replace(from, &format!("{from}\nonward_transfer = true"));
+    let fed = Federation::start(&["NL", "BR", "DE"], &template, PRE_ARRIVAL_ID, |_| {}).await;
+    let decl = dccf_node::samples::pre_arrival_declaration(5).encode_to_vec();
+    fed.gateway("NL")
+        .send(send_request(PRE_ARRIVAL_ID, "BR", DECL, decl.clone()))
+        .await
+        .unwrap();
+    fed.gateway("BR")
+        .send(send_request(PRE_ARRIVAL_ID, "DE", DECL, decl))
+        .await
+        .expect("allowed by the flow");
+}

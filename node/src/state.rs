@@ -46,6 +46,8 @@ pub struct NodeState {
     pub own_ca_der: Vec<u8>,
     /// Per-flow rate limits of the agreements, counted per side.
     pub rates: crate::policy::RateLimiter,
+    /// Salt of the payload digests that enforce onward-transfer rules.
+    pub onward_salt: Vec<u8>,
     agreements: RwLock<Arc<AgreementSet>>,
     in_flight: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -65,6 +67,7 @@ impl NodeState {
             &config.limits,
         );
         let store = Store::open(&config.ledger_dir())?;
+        let onward_salt = crate::delivery::onward::salt(&store)?;
         let state = NodeState {
             config,
             identity,
@@ -72,6 +75,7 @@ impl NodeState {
             peers,
             own_ca_der,
             rates: Default::default(),
+            onward_salt,
             agreements: RwLock::new(Arc::new(agreements)),
             in_flight: Default::default(),
         };

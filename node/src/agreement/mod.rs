@@ -127,6 +127,11 @@ pub struct Flow {
     /// acknowledged or not. Absent means until the back office acknowledges it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_days: Option<u32>,
+    /// True if the receiver may pass data received on this flow on to a third administration.
+    /// Default false: the receiver's node refuses to re-send such a payload to anyone but its
+    /// original sender.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub onward_transfer: bool,
 }
 
 impl Flow {
@@ -714,6 +719,7 @@ pub(crate) mod tests {
                 rate_limit_per_minute: None,
                 consent_required: false,
                 retention_days: None,
+                onward_transfer: false,
             }],
         }
     }

@@ -70,6 +70,7 @@ fn flow(message_type: &str, from: &str, to: &str, fields: &[&str]) -> Flow {
         rate_limit_per_minute: None,
         consent_required: false,
         retention_days: None,
+        onward_transfer: false,
     }
 }
 

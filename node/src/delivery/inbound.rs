@@ -75,6 +75,8 @@ enum Checked {
 struct Accepted {
     header: EnvelopeHeader,
     payload: Vec<u8>,
+    /// The flow forbids passing this payload on.
+    no_onward_transfer: bool,
 }
 
 fn check_and_open(
@@ -164,7 +166,11 @@ fn check_and_open(
             Ok(payload)
         });
     match opened {
-        Ok(payload) => Ok(Checked::Accept(Box::new(Accepted { header, payload }))),
+        Ok(payload) => Ok(Checked::Accept(Box::new(Accepted {
+            header,
+            payload,
+            no_onward_transfer: !flow.onward_transfer,
+        }))),
         Err(refusal) => {
             state.end_receive(&header.sender, &header.message_id);
             Err(refusal)
@@ -256,6 +262,16 @@ async fn accept(
             record.encode_to_vec(),
         )
         .map_err(|e| internal(e.to_string()))?;
+        if accepted.no_onward_transfer {
+            super::onward::stage_received(
+                &mut txn,
+                &state.onward_salt,
+                &accepted.payload,
+                &header.sender,
+                &header.agreement_id,
+            )
+            .map_err(|e| internal(e.to_string()))?;
+        }
         inbox::stage(
             &mut txn,
             &InboxMessage {

@@ -7,6 +7,7 @@
 
 pub mod inbound;
 pub mod inbox;
+pub mod onward;
 pub mod outbound;
 pub mod peers;
 pub mod retention;
@@ -58,7 +59,8 @@ impl Refusal {
             | RejectReason::NotAParty
             | RejectReason::FlowNotAllowed
             | RejectReason::FieldNotAllowed
-            | RejectReason::ConsentMissing => Code::PermissionDenied,
+            | RejectReason::ConsentMissing
+            | RejectReason::OnwardTransferForbidden => Code::PermissionDenied,
             RejectReason::BadSignature => Code::Unauthenticated,
             RejectReason::UnknownAgreement
             | RejectReason::AgreementInactive

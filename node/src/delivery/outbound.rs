@@ -186,6 +186,13 @@ async fn checked_send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRe
     policy::check_fields(agreement, flow, &message).map_err(|v| refused(v.into()))?;
     policy::check_consent(agreement, flow, &req.consent_reference)
         .map_err(|v| refused(v.into()))?;
+    super::onward::check_send(
+        &state.store,
+        &state.onward_salt,
+        &req.payload,
+        &req.recipient,
+    )
+    .map_err(refused)?;
     state
         .rates
         .admit(agreement, flow, policy::Side::Sending)

@@ -28,6 +28,16 @@ pub enum Suite {
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
         iterations: u32,
     },
+    /// Policy evaluation of a 1 KiB pre-arrival declaration (flow, payload decoding, field
+    /// allowlist, consent, rate) against envelope verify+open measured in the same run.
+    Policy {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Iterations per measurement.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+        iterations: u32,
+    },
 }
 
 /// Benchmark errors.
@@ -38,6 +48,31 @@ pub struct BenchError(String);
 /// Runs a suite and prints its figures.
 pub async fn run(suite: Suite) -> Result<(), BenchError> {
     match suite {
+        Suite::Policy { json, iterations } => {
+            let r = tokio::task::spawn_blocking(move || policy(iterations))
+                .await
+                .map_err(|e| BenchError(e.to_string()))??;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(|e| BenchError(e.to_string()))?
+                );
+            } else {
+                println!(
+                    "bench policy: 1 KiB PreArrivalDeclaration, {} allowed field paths, {} iterations, best of {} interleaved rounds",
+                    r.allowed_paths, r.iterations, ROUNDS
+                );
+                println!("  {:<44} {:>10}", "figure", "value");
+                println!("  {:<44} {:>10.2}", "policy_us", r.policy_us);
+                println!("  {:<44} {:>10.1}", "verify_open_us", r.verify_open_us);
+                println!("  {:<44} {:>10.4}", "ratio (target <= 0.05)", r.ratio);
+                println!(
+                    "  {:<44} {:>10.2}",
+                    "payload_decode_us (validation, reported apart)", r.payload_decode_us
+                );
+            }
+            Ok(())
+        }
         Suite::Envelope { json, iterations } => {
             let r = tokio::task::spawn_blocking(move || envelope(iterations))
                 .await
@@ -297,5 +332,173 @@ pub fn envelope(iterations: u32) -> Result<EnvelopeFigures, BenchError> {
         ed25519_floor_us,
         hpke_overhead_us: hpke_seal_open_us - x25519_floor_us,
         envelope_code_overhead_us: envelope_roundtrip_us - hpke_seal_open_us - ed25519_floor_us,
+    })
+}
+
+/// Figures of the policy suite.
+#[derive(Debug, serde::Serialize)]
+pub struct PolicyFigures {
+    /// Iterations per round.
+    pub iterations: u32,
+    /// Field paths in the flow's allowlist.
+    pub allowed_paths: usize,
+    /// One policy evaluation on the decoded payload: flow lookup, field allowlist walk, consent
+    /// and rate checks.
+    pub policy_us: f64,
+    /// Envelope parse + verify + clock checks + open, measured in the same run.
+    pub verify_open_us: f64,
+    /// `policy_us / verify_open_us`.
+    pub ratio: f64,
+    /// Decoding and validating the payload against its descriptor (`delivery::check_payload`),
+    /// which the receive pipeline does for every message whatever the policy; reported apart.
+    pub payload_decode_us: f64,
+}
+
+/// Measures the policy suite.
+pub fn policy(iterations: u32) -> Result<PolicyFigures, BenchError> {
+    use crate::agreement::{Agreement, AgreementDoc, Flow};
+    let other = |e: &dyn std::fmt::Display| BenchError(e.to_string());
+    // Two real party cards (keys and CA certificates), generated in a temporary directory.
+    let dir = tempfile::tempdir().map_err(|e| other(&e))?;
+    let card = |admin: &str| {
+        crate::identity::NodeIdentity::generate_all(
+            &crate::identity::IdentityPaths {
+                dir: dir.path().join(admin),
+            },
+            admin,
+            "127.0.0.1",
+            "https://127.0.0.1:7001",
+        )
+        .map_err(|e| other(&e))
+    };
+    // A realistic allowlist: the declaration's header fields, whole parties, and goods items
+    // field by field (the walk has to descend into every item).
+    let paths = [
+        "declaration_reference",
+        "ucr",
+        "master_transport_document",
+        "house_transport_document",
+        "created_at_ms",
+        "declarant",
+        "consignor",
+        "consignee",
+        "notify_party",
+        "transport_mode",
+        "conveyance",
+        "place_of_loading",
+        "place_of_discharge",
+        "eta_ms",
+        "total_gross_mass_grams",
+        "total_packages",
+        "goods_items.sequence_number",
+        "goods_items.hs_code",
+        "goods_items.description",
+        "goods_items.gross_mass_grams",
+        "goods_items.net_mass_grams",
+        "goods_items.package_count",
+        "goods_items.package_kind",
+        "goods_items.customs_value",
+        "goods_items.country_of_origin",
+        "goods_items.container_ids",
+    ];
+    let doc = AgreementDoc {
+        id: "bench".into(),
+        version: 1,
+        title: "bench".into(),
+        legal_basis: String::new(),
+        purposes: Vec::new(),
+        valid_from: "2020-01-01T00:00:00Z".parse().map_err(|e| other(&e))?,
+        valid_until: "2100-01-01T00:00:00Z".parse().map_err(|e| other(&e))?,
+        parties: vec![card("NL")?, card("BR")?],
+        flows: vec![Flow {
+            message_type: "dccf.v1.PreArrivalDeclaration".into(),
+            from: "NL".into(),
+            to: "BR".into(),
+            fields: paths
+                .iter()
+                .map(|p| toml::Spanned::new(0..0, (*p).to_owned()))
+                .collect(),
+            rate_limit_per_minute: Some(u32::MAX),
+            consent_required: false,
+            retention_days: None,
+            onward_transfer: false,
+            allow: Default::default(),
+        }],
+    };
+    let text = toml::to_string(&doc).map_err(|e| other(&e))?;
+    let agreement = Agreement::parse(std::path::Path::new("bench.toml"), text.as_bytes())
+        .map_err(|e| other(&e))?;
+    let limiter = crate::policy::RateLimiter::default();
+    let payload = crate::samples::pre_arrival_declaration(1).encode_to_vec();
+    let facts = crate::policy::MessageFacts {
+        sender: "NL",
+        recipient: "BR",
+        message_type: "dccf.v1.PreArrivalDeclaration",
+    };
+    let decoded =
+        crate::delivery::check_payload(facts.message_type, &payload).map_err(|e| other(&e))?;
+    let mut decode = || -> Result<(), BenchError> {
+        let message =
+            crate::delivery::check_payload(facts.message_type, &payload).map_err(|e| other(&e))?;
+        std::hint::black_box(message);
+        Ok(())
+    };
+    let evaluate = || -> Result<(), BenchError> {
+        let flow = crate::policy::check(&agreement, &facts).map_err(|e| other(&e))?;
+        crate::policy::check_fields(&agreement, flow, &decoded).map_err(|e| other(&e))?;
+        crate::policy::check_consent(&agreement, flow, "").map_err(|e| other(&e))?;
+        limiter
+            .admit(&agreement, flow, crate::policy::Side::Receiving)
+            .map_err(|e| other(&e))?;
+        Ok(())
+    };
+    evaluate()?;
+
+    // Envelope verify+open of the same payload, as in the envelope suite.
+    let sender = SigningKey::generate(&mut OsRng);
+    let sender_pub = sender.verifying_key();
+    let (sk, pk) = <Kem as hpke::Kem>::gen_keypair(&mut OsRng);
+    let now = now_ms();
+    let digest = [7u8; 32];
+    let envelope = seal(
+        &Outgoing {
+            message_id: "0190b7c2-7d3e-7a55-9c41-3f2d1e0a9b88",
+            agreement_id: "bench",
+            agreement_digest: &digest,
+            sender: "NL",
+            recipient: "BR",
+            message_type: facts.message_type,
+            payload: &payload,
+            in_reply_to: "",
+            consent_reference: "",
+            created_at_ms: now,
+            expires_at_ms: now + 3_600_000,
+        },
+        &sender,
+        &pk,
+    )
+    .map_err(|e| other(&e))?;
+    let clock = ClockPolicy {
+        now_ms: now,
+        max_skew_secs: 300,
+        max_ttl_secs: 86_400,
+    };
+    let mut verify_open = || -> Result<(), BenchError> {
+        let header = open::parse_header(&envelope).map_err(|e| other(&e))?;
+        open::verify_signature(&envelope, &sender_pub, "NL").map_err(|e| other(&e))?;
+        open::check_times(&header, &clock).map_err(|e| other(&e))?;
+        std::hint::black_box(open::open_payload(&envelope, &header, &sk).map_err(|e| other(&e))?);
+        Ok(())
+    };
+    let mut policy_eval = evaluate;
+    let mut work: [Work<'_>; 3] = [&mut policy_eval, &mut verify_open, &mut decode];
+    let best = interleaved_best_us(iterations, &mut work)?;
+    Ok(PolicyFigures {
+        iterations,
+        allowed_paths: paths.len(),
+        policy_us: best[0],
+        verify_open_us: best[1],
+        ratio: best[0] / best[1],
+        payload_decode_us: best[2],
     })
 }

@@ -336,7 +336,8 @@ pub struct RateLimiter {
     buckets: std::sync::Mutex<std::collections::HashMap<RateKey, Bucket>>,
 }
 
-type RateKey = ([u8; 32], String, String, String, Side);
+/// (agreement digest, flow position in the agreement, side).
+type RateKey = ([u8; 32], usize, Side);
 
 #[derive(Debug)]
 struct Bucket {
@@ -356,13 +357,13 @@ impl RateLimiter {
             return Ok(());
         };
         let capacity = f64::from(per_minute);
-        let key = (
-            agreement.digest,
-            flow.message_type.clone(),
-            flow.from.clone(),
-            flow.to.clone(),
-            side,
-        );
+        let position = agreement
+            .doc
+            .flows
+            .iter()
+            .position(|f| std::ptr::eq(f, flow))
+            .unwrap_or(usize::MAX);
+        let key = (agreement.digest, position, side);
         let now = std::time::Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let bucket = buckets.entry(key).or_insert(Bucket {
@@ -398,7 +399,7 @@ pub fn check_fields(
     flow: &Flow,
     payload: &prost_reflect::DynamicMessage,
 ) -> Result<(), PolicyViolation> {
-    match first_disallowed(flow, payload, "") {
+    match first_disallowed(&flow.allow, payload) {
         None => Ok(()),
         Some(path) => Err(PolicyViolation {
             reason: RejectReason::FieldNotAllowed,
@@ -414,37 +415,34 @@ pub fn check_fields(
     }
 }
 
-/// The path of the first set field of `message` (under `prefix`) that `flow` does not allow.
+/// The path of the first set field of `message` that `tree` does not allow, if any. Builds the
+/// path string only for a refused field.
 fn first_disallowed(
-    flow: &Flow,
+    tree: &crate::agreement::AllowTree,
     message: &prost_reflect::DynamicMessage,
-    prefix: &str,
 ) -> Option<String> {
     use prost_reflect::Value;
+    if tree.all {
+        return None;
+    }
     for (field, value) in message.fields() {
-        let path = if prefix.is_empty() {
-            field.name().to_owned()
-        } else {
-            format!("{prefix}.{}", field.name())
+        let Some(child) = tree.children.get(&field.number()) else {
+            return Some(field.name().to_owned());
         };
-        if flow.allows_field(&path) {
+        if child.all {
             continue;
         }
-        // Not allowed as a whole: a message may still be allowed field by field.
-        let nested: Vec<&prost_reflect::DynamicMessage> = match value {
-            Value::Message(m) => vec![m],
-            Value::List(items) => items.iter().filter_map(Value::as_message).collect(),
-            _ => Vec::new(),
+        // Partly allowed: descend into the message (or every message of a repeated field).
+        let deeper = match value {
+            Value::Message(m) => first_disallowed(child, m),
+            Value::List(items) => items
+                .iter()
+                .filter_map(Value::as_message)
+                .find_map(|m| first_disallowed(child, m)),
+            _ => None,
         };
-        let is_message = matches!(field.kind(), prost_reflect::Kind::Message(_));
-        if !is_message {
-            return Some(path);
-        }
-        if nested.is_empty() {
-            return Some(path);
-        }
-        if let Some(deeper) = nested.iter().find_map(|m| first_disallowed(flow, m, &path)) {
-            return Some(deeper);
+        if let Some(rest) = deeper {
+            return Some(format!("{}.{rest}", field.name()));
         }
     }
     None

@@ -101,7 +101,7 @@ pub struct AgreementDoc {
 }
 
 /// One permitted message flow.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Flow {
     /// Fully qualified protobuf message type, e.g. `dccf.v1.PreArrivalDeclaration`.
@@ -132,6 +132,50 @@ pub struct Flow {
     /// original sender.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub onward_transfer: bool,
+    /// `fields` compiled against the message descriptor when the agreement loads.
+    #[serde(skip)]
+    pub allow: AllowTree,
+}
+
+/// A flow's field allowlist as a tree of field numbers: checking a payload is one map lookup per
+/// set field, with no string work unless a field is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowTree {
+    /// This field and everything beneath it is allowed.
+    pub all: bool,
+    /// Allowed sub-fields by field number.
+    pub children: std::collections::HashMap<u32, AllowTree>,
+}
+
+impl AllowTree {
+    /// Compiles `paths` (already checked by `check_field_path`) for `message`.
+    fn compile(
+        message: &prost_reflect::MessageDescriptor,
+        paths: &[toml::Spanned<String>],
+    ) -> AllowTree {
+        let mut root = AllowTree::default();
+        for path in paths {
+            let path = path.get_ref();
+            if path == "*" {
+                root.all = true;
+                continue;
+            }
+            let (mut node, mut current) = (&mut root, Some(message.clone()));
+            for segment in path.split('.') {
+                let Some(field) = current.as_ref().and_then(|m| m.get_field_by_name(segment))
+                else {
+                    break;
+                };
+                current = match field.kind() {
+                    prost_reflect::Kind::Message(m) => Some(m),
+                    _ => None,
+                };
+                node = node.children.entry(field.number()).or_default();
+            }
+            node.all = true;
+        }
+        root
+    }
 }
 
 impl Flow {
@@ -331,6 +375,12 @@ impl Agreement {
                         line_of(text, path.span().start)
                     ))
                 })?;
+            }
+        }
+        let mut doc = doc;
+        for flow in &mut doc.flows {
+            if let Some(descriptor) = pool.get_message_by_name(&flow.message_type) {
+                flow.allow = AllowTree::compile(&descriptor, &flow.fields);
             }
         }
         Ok(Agreement {
@@ -720,6 +770,7 @@ pub(crate) mod tests {
                 consent_required: false,
                 retention_days: None,
                 onward_transfer: false,
+                allow: Default::default(),
             }],
         }
     }

@@ -71,6 +71,7 @@ fn flow(message_type: &str, from: &str, to: &str, fields: &[&str]) -> Flow {
         consent_required: false,
         retention_days: None,
         onward_transfer: false,
+        allow: Default::default(),
     }
 }
 

@@ -447,3 +447,110 @@ fn first_disallowed(
     }
     None
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::agreement::tests::{doc, test_party};
+    use crate::proto::v1::{Address, AeoStatusResponse};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    /// Field paths of an AEO answer that the generator can set.
+    const PATHS: &[&str] = &[
+        "query_reference",
+        "operator_identifier",
+        "status",
+        "valid_from_ms",
+        "operator_name",
+        "operator_address.street",
+        "operator_address.city",
+        "operator_address.country",
+    ];
+    /// Allowlist entries the generator can pick: leaves, the whole address, or everything.
+    const ENTRIES: &[&str] = &[
+        "query_reference",
+        "operator_identifier",
+        "status",
+        "valid_from_ms",
+        "operator_name",
+        "operator_address",
+        "operator_address.street",
+        "operator_address.city",
+        "operator_address.country",
+        "*",
+    ];
+
+    fn message(set: &[bool]) -> AeoStatusResponse {
+        let text = |i: usize, v: &str| set[i].then(|| v.to_owned());
+        let address = (set[5] || set[6] || set[7]).then(|| Address {
+            street: text(5, "Proefstraat 3").unwrap_or_default(),
+            city: text(6, "Eindhoven").unwrap_or_default(),
+            country: text(7, "NL").unwrap_or_default(),
+            ..Default::default()
+        });
+        AeoStatusResponse {
+            query_reference: text(0, "Q-1").unwrap_or_default(),
+            operator_identifier: text(1, "NLAEOC0001").unwrap_or_default(),
+            status: if set[2] { 1 } else { 0 },
+            valid_from_ms: if set[3] { 1_700_000_000_000 } else { 0 },
+            operator_name: text(4, "Example B.V."),
+            operator_address: address,
+            ..Default::default()
+        }
+    }
+
+    /// A two-party agreement document, with identities generated once for all cases.
+    fn base_doc() -> &'static crate::agreement::AgreementDoc {
+        static DOC: std::sync::OnceLock<crate::agreement::AgreementDoc> =
+            std::sync::OnceLock::new();
+        DOC.get_or_init(|| doc(&[&test_party("NL"), &test_party("BR")]))
+    }
+
+    fn covered(path: &str, allow: &[&str]) -> bool {
+        allow
+            .iter()
+            .any(|a| *a == "*" || *a == path || path.starts_with(&format!("{a}.")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn accepted_messages_never_carry_a_field_outside_the_allowlist(
+            set in proptest::collection::vec(any::<bool>(), PATHS.len()),
+            picks in proptest::collection::vec(any::<bool>(), ENTRIES.len()),
+        ) {
+            let allow: Vec<&str> = ENTRIES.iter().zip(&picks).filter(|(_, p)| **p).map(|(e, _)| *e).collect();
+            prop_assume!(!allow.is_empty());
+            let mut d = base_doc().clone();
+            d.flows[0].message_type = "dccf.v1.AeoStatusResponse".into();
+            d.flows[0].fields = allow.iter().map(|f| toml::Spanned::new(0..0, (*f).to_owned())).collect();
+            let a = Agreement::parse(std::path::Path::new("p.toml"), toml::to_string(&d).unwrap().as_bytes()).unwrap();
+            let desc = crate::proto::descriptor_pool().get_message_by_name("dccf.v1.AeoStatusResponse").unwrap();
+            let msg = prost_reflect::DynamicMessage::decode(desc, message(&set).encode_to_vec().as_slice()).unwrap();
+
+            let outside: Vec<&str> = PATHS.iter().zip(&set).filter(|(p, s)| **s && !covered(p, &allow)).map(|(p, _)| *p).collect();
+            match check_fields(&a, &a.doc.flows[0], &msg) {
+                Ok(()) => prop_assert!(outside.is_empty(), "accepted with {outside:?} outside {allow:?}"),
+                Err(v) => {
+                    prop_assert!(!outside.is_empty(), "refused although every field is allowed: {}", v.message);
+                    let named = v
+                        .message
+                        .split("field ")
+                        .nth(1)
+                        .and_then(|rest| rest.split(' ').next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    // The refusal names an outside field, or the message that holds it when
+                    // nothing under that message is allowed.
+                    prop_assert!(
+                        outside.iter().any(|p| *p == named || p.starts_with(&format!("{named}."))),
+                        "{} names none of {outside:?}",
+                        v.message
+                    );
+                }
+            }
+        }
+    }
+}

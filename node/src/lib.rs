@@ -9,10 +9,13 @@
 //! - [`config`]: `node.toml`, every field documented and validated.
 //! - [`identity`]: the administration's keys, private CA, certificates and party card.
 //! - [`envelope`]: signed header + HPKE-sealed payload; receipts. Keys and bytes only.
-//! - [`agreement`]: agreement files, their parties' signatures, the set of active agreements.
-//! - [`policy`]: what an agreement allows; called by sender and receiver alike.
+//! - [`agreement`]: agreement files, signatures, revocations, versions in force; the
+//!   `agreement new|sign|verify|show|revoke` commands and templates.
+//! - [`policy`]: what an agreement allows (flow, fields, consent, rate); called by sender and
+//!   receiver alike.
 //! - [`ledger`]: the append-only log in sled (RFC 6962 leaves), group-committed and fdatasync'd.
-//! - [`delivery`]: the send and receive pipelines, the durable inbox, partner connections.
+//! - [`delivery`]: the send and receive pipelines, the durable inbox, retention sweep,
+//!   onward-transfer records, partner connections.
 //! - [`server`]: the `Exchange` (partners) and `Gateway` (back office) listeners and their TLS.
 //! - [`state`]: what the services of a running node share.
 //! - [`cli`], [`demo`], [`bench`]: the `dccf-node` commands.

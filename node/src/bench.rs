@@ -373,34 +373,22 @@ pub fn policy(iterations: u32) -> Result<PolicyFigures, BenchError> {
     };
     // A realistic allowlist: the declaration's header fields, whole parties, and goods items
     // field by field (the walk has to descend into every item).
-    let paths = [
-        "declaration_reference",
-        "ucr",
-        "master_transport_document",
-        "house_transport_document",
-        "created_at_ms",
-        "declarant",
-        "consignor",
-        "consignee",
-        "notify_party",
-        "transport_mode",
-        "conveyance",
-        "place_of_loading",
-        "place_of_discharge",
-        "eta_ms",
-        "total_gross_mass_grams",
-        "total_packages",
-        "goods_items.sequence_number",
-        "goods_items.hs_code",
-        "goods_items.description",
-        "goods_items.gross_mass_grams",
-        "goods_items.net_mass_grams",
-        "goods_items.package_count",
-        "goods_items.package_kind",
-        "goods_items.customs_value",
-        "goods_items.country_of_origin",
-        "goods_items.container_ids",
-    ];
+    let paths: Vec<&str> = crate::agreement::templates::PRE_ARRIVAL_HEADER_FIELDS
+        .iter()
+        .copied()
+        .chain([
+            "goods_items.sequence_number",
+            "goods_items.hs_code",
+            "goods_items.description",
+            "goods_items.gross_mass_grams",
+            "goods_items.net_mass_grams",
+            "goods_items.package_count",
+            "goods_items.package_kind",
+            "goods_items.customs_value",
+            "goods_items.country_of_origin",
+            "goods_items.container_ids",
+        ])
+        .collect();
     let doc = AgreementDoc {
         id: "bench".into(),
         version: 1,

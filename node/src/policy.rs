@@ -99,18 +99,7 @@ mod field_tests {
         prost_reflect::DynamicMessage::decode(desc, r.encode_to_vec().as_slice()).unwrap()
     }
 
-    const STATUS_ONLY: &[&str] = &[
-        "query_reference",
-        "operator_identifier",
-        "identifier_kind",
-        "status",
-        "programme",
-        "aeo_authorisation_number",
-        "valid_from_ms",
-        "valid_until_ms",
-        "status_changed_at_ms",
-        "as_of_ms",
-    ];
+    const STATUS_ONLY: &[&str] = crate::agreement::templates::AEO_STATUS_FIELDS;
 
     #[test]
     fn fields_inside_the_allowlist_pass() {
@@ -195,24 +184,7 @@ mod field_tests {
         let (nl, br) = (test_party("NL"), test_party("BR"));
         let mut d = doc(&[&nl, &br]);
         d.flows[0].message_type = "dccf.v1.PreArrivalDeclaration".into();
-        let top = [
-            "declaration_reference",
-            "ucr",
-            "master_transport_document",
-            "house_transport_document",
-            "created_at_ms",
-            "declarant",
-            "consignor",
-            "consignee",
-            "notify_party",
-            "transport_mode",
-            "conveyance",
-            "place_of_loading",
-            "place_of_discharge",
-            "eta_ms",
-            "total_gross_mass_grams",
-            "total_packages",
-        ];
+        let top = crate::agreement::templates::PRE_ARRIVAL_HEADER_FIELDS;
         let mut fields: Vec<String> = top.iter().map(|s| s.to_string()).collect();
         fields.extend(
             [

@@ -33,6 +33,27 @@ pub const AEO_STATUS_FIELDS: &[&str] = &[
     "as_of_ms",
 ];
 
+/// A declaration's header-level fields (everything but the goods items), for allowlists that
+/// then list goods-item fields one by one.
+pub const PRE_ARRIVAL_HEADER_FIELDS: &[&str] = &[
+    "declaration_reference",
+    "ucr",
+    "master_transport_document",
+    "house_transport_document",
+    "created_at_ms",
+    "declarant",
+    "consignor",
+    "consignee",
+    "notify_party",
+    "transport_mode",
+    "conveyance",
+    "place_of_loading",
+    "place_of_discharge",
+    "eta_ms",
+    "total_gross_mass_grams",
+    "total_packages",
+];
+
 /// Errors filling a template.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {

@@ -17,8 +17,10 @@
 //! - **Group commit.** Units committed concurrently share one sled batch and one sync, so
 //!   durability costs one sync per group, not per message.
 
+pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
+pub mod proof;
 pub mod store;
 
 use std::path::PathBuf;

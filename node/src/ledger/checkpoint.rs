@@ -1,0 +1,352 @@
+//! Checkpoints in the C2SP `tlog-checkpoint` format, signed as C2SP `signed-note`s with Ed25519,
+//! so that auditors can check a node's ledger head with off-the-shelf transparency-log tools.
+//!
+//! A note is `text` (ending in a newline), an empty line, and one signature line per signer:
+//! `— <name> <base64(key id ‖ signature)>`. The key id is the first 4 bytes of
+//! SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key); the signature is Ed25519 over `text`. A checkpoint's
+//! text is `<origin>\n<tree size>\n<base64 root hash>\n`.
+//!
+//! Publishing checkpoints (interval, on demand, in receipts) and cosigning are issue [3] work that
+//! builds on this module.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+/// The signature-type byte of Ed25519 in C2SP signed notes and verifier keys.
+const ED25519: u8 = 0x01;
+/// The prefix of a signature line (an em dash and a space).
+const SIG_PREFIX: &str = "\u{2014} ";
+
+/// Errors of notes, keys and checkpoints; each says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoteError {
+    /// A key string is not in the expected `name+keyid+base64` form.
+    #[error("malformed key: {0}")]
+    MalformedKey(String),
+    /// The note is not text, blank line, signature lines.
+    #[error("malformed note: {0}")]
+    MalformedNote(String),
+    /// No signature line by the expected key verifies.
+    #[error("no valid signature by {0}")]
+    NoValidSignature(String),
+    /// The checkpoint text is not origin, size, root.
+    #[error("malformed checkpoint: {0}")]
+    MalformedCheckpoint(String),
+}
+
+/// The 4-byte key id of an Ed25519 key named `name`.
+pub fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    let digest =
+        crate::envelope::sha256_parts(&[name.as_bytes(), b"\n", &[ED25519], key.as_bytes()]);
+    [digest[0], digest[1], digest[2], digest[3]]
+}
+
+/// A signer of notes: a name and an Ed25519 key.
+#[derive(Clone)]
+pub struct NoteSigner {
+    name: String,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for NoteSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoteSigner")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NoteSigner {
+    /// A signer named `name` (e.g. the log origin `dccf.example/NL`) with `key`.
+    pub fn new(name: &str, key: SigningKey) -> Result<NoteSigner, NoteError> {
+        check_name(name)?;
+        Ok(NoteSigner {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    /// Parses a Go/C2SP signer key `PRIVATE+KEY+<name>+<hex key id>+<base64(0x01 ‖ seed)>`.
+    pub fn from_key_string(s: &str) -> Result<NoteSigner, NoteError> {
+        let rest = s.strip_prefix("PRIVATE+KEY+").ok_or_else(|| {
+            NoteError::MalformedKey("signer key must start with PRIVATE+KEY+".into())
+        })?;
+        let (name, id, bytes) = split_key(rest)?;
+        let seed: [u8; 32] = bytes
+            .get(1..)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| NoteError::MalformedKey("signer key must hold 32 key bytes".into()))?;
+        let signer = NoteSigner::new(name, SigningKey::from_bytes(&seed))?;
+        if signer.key_id() != id {
+            return Err(NoteError::MalformedKey(
+                "key id does not match the key".into(),
+            ));
+        }
+        Ok(signer)
+    }
+
+    /// The signer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The signer's key id.
+    pub fn key_id(&self) -> [u8; 4] {
+        key_id(&self.name, &self.key.verifying_key())
+    }
+
+    /// The verifier key string `<name>+<hex key id>+<base64(0x01 ‖ public key)>` (the `vkey`).
+    pub fn verifier_key(&self) -> String {
+        let public = [&[ED25519][..], self.key.verifying_key().as_bytes()].concat();
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex::encode(self.key_id()),
+            B64.encode(public)
+        )
+    }
+
+    /// Signs `text` (must end with a newline) into a note with one signature line.
+    pub fn sign(&self, text: &str) -> Result<String, NoteError> {
+        check_text(text)?;
+        let sig = self.key.sign(text.as_bytes());
+        let blob = [&self.key_id()[..], &sig.to_bytes()].concat();
+        Ok(format!(
+            "{text}\n{SIG_PREFIX}{} {}\n",
+            self.name,
+            B64.encode(blob)
+        ))
+    }
+}
+
+/// A verifier of notes: a name and an Ed25519 public key.
+#[derive(Debug, Clone)]
+pub struct NoteVerifier {
+    name: String,
+    key: VerifyingKey,
+}
+
+impl NoteVerifier {
+    /// Parses a verifier key string `<name>+<hex key id>+<base64(0x01 ‖ public key)>`.
+    pub fn from_key_string(s: &str) -> Result<NoteVerifier, NoteError> {
+        let (name, id, bytes) = split_key(s)?;
+        let public: [u8; 32] = bytes
+            .get(1..)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| NoteError::MalformedKey("verifier key must hold 32 key bytes".into()))?;
+        let key = VerifyingKey::from_bytes(&public)
+            .map_err(|_| NoteError::MalformedKey("not an Ed25519 public key".into()))?;
+        if key_id(name, &key) != id {
+            return Err(NoteError::MalformedKey(
+                "key id does not match the key".into(),
+            ));
+        }
+        Ok(NoteVerifier {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    /// Checks that `note` carries a valid signature by this verifier and returns its text.
+    pub fn verify<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
+        let split = note.rfind("\n\n").ok_or_else(|| {
+            NoteError::MalformedNote("no blank line before the signatures".into())
+        })?;
+        let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
+        check_text(text)?;
+        if !sigs.ends_with('\n') || sigs.is_empty() {
+            return Err(NoteError::MalformedNote(
+                "signature lines must end with a newline".into(),
+            ));
+        }
+        let id = key_id(&self.name, &self.key);
+        for line in sigs.lines() {
+            let rest = line.strip_prefix(SIG_PREFIX).ok_or_else(|| {
+                NoteError::MalformedNote(format!("not a signature line: {line:?}"))
+            })?;
+            let (name, blob) = rest.split_once(' ').ok_or_else(|| {
+                NoteError::MalformedNote(format!("not a signature line: {line:?}"))
+            })?;
+            let Ok(blob) = B64.decode(blob) else {
+                return Err(NoteError::MalformedNote("signature is not base64".into()));
+            };
+            if name != self.name || blob.len() != 68 || blob[..4] != id {
+                continue; // another signer's line
+            }
+            let sig = Signature::from_slice(&blob[4..])
+                .map_err(|_| NoteError::MalformedNote("bad signature bytes".into()))?;
+            if self.key.verify_strict(text.as_bytes(), &sig).is_ok() {
+                return Ok(text);
+            }
+        }
+        Err(NoteError::NoValidSignature(self.name.clone()))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), NoteError> {
+    if name.is_empty()
+        || name.contains('+')
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(NoteError::MalformedKey(format!(
+            "invalid signer name {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_text(text: &str) -> Result<(), NoteError> {
+    if !text.ends_with('\n')
+        || text.contains("\n\n")
+        || text.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(NoteError::MalformedNote(
+            "text must be non-blank lines ending in a newline".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Splits `name+hexid+base64` into its parts, checking the type byte.
+fn split_key(s: &str) -> Result<(&str, [u8; 4], Vec<u8>), NoteError> {
+    let mut parts = s.splitn(3, '+');
+    let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(NoteError::MalformedKey("expected name+keyid+key".into()));
+    };
+    check_name(name)?;
+    let id: [u8; 4] = hex::decode(id)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| NoteError::MalformedKey("key id must be 8 hex digits".into()))?;
+    let bytes = B64
+        .decode(b64)
+        .map_err(|_| NoteError::MalformedKey("key is not base64".into()))?;
+    if bytes.first() != Some(&ED25519) {
+        return Err(NoteError::MalformedKey(
+            "only Ed25519 keys (type 0x01) are supported".into(),
+        ));
+    }
+    Ok((name, id, bytes))
+}
+
+/// The text of a checkpoint of a log named `origin` at `size` with RFC 6962 `root`.
+pub fn checkpoint_text(origin: &str, size: u64, root: &[u8; 32]) -> String {
+    format!("{origin}\n{size}\n{}\n", B64.encode(root))
+}
+
+/// Parses checkpoint text into (origin, size, root); extension lines after the root are allowed.
+pub fn parse_checkpoint(text: &str) -> Result<(String, u64, [u8; 32]), NoteError> {
+    let mut lines = text.lines();
+    let bad = |what: &str| NoteError::MalformedCheckpoint(what.to_owned());
+    let origin = lines
+        .next()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| bad("missing origin line"))?;
+    let size = lines
+        .next()
+        .filter(|l| !(l.starts_with('+') || l.len() > 1 && l.starts_with('0')))
+        .and_then(|l| l.parse::<u64>().ok())
+        .ok_or_else(|| bad("tree size must be a decimal number without sign or leading zeros"))?;
+    let root: [u8; 32] = lines
+        .next()
+        .and_then(|l| B64.decode(l).ok())
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| bad("root hash must be 32 bytes of base64"))?;
+    Ok((origin.to_owned(), size, root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Vector {
+        verifier_key: String,
+        signer_key: String,
+        key_id_hex: String,
+        text: String,
+        note: String,
+    }
+
+    fn vector() -> Vector {
+        serde_json::from_str(include_str!("../../testdata/signed-note.json"))
+            .expect("vector parses")
+    }
+
+    #[test]
+    fn reproduces_the_reference_signed_note_byte_for_byte() {
+        let v = vector();
+        let signer = NoteSigner::from_key_string(&v.signer_key).unwrap();
+        assert_eq!(hex::encode(signer.key_id()), v.key_id_hex);
+        assert_eq!(signer.verifier_key(), v.verifier_key);
+        assert_eq!(signer.sign(&v.text).unwrap(), v.note);
+        let verifier = NoteVerifier::from_key_string(&v.verifier_key).unwrap();
+        assert_eq!(verifier.verify(&v.note).unwrap(), v.text);
+    }
+
+    #[test]
+    fn any_changed_byte_fails_verification() {
+        let v = vector();
+        let verifier = NoteVerifier::from_key_string(&v.verifier_key).unwrap();
+        let bytes = v.note.as_bytes();
+        for i in 0..bytes.len() {
+            let mut changed = bytes.to_vec();
+            changed[i] ^= 0x01;
+            if let Ok(note) = std::str::from_utf8(&changed) {
+                assert!(
+                    verifier.verify(note).is_err(),
+                    "byte {i} changed and still verifies"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_note_signed_by_another_key_does_not_verify() {
+        let v = vector();
+        let other = NoteSigner::new("PeterNeumann", SigningKey::from_bytes(&[7u8; 32])).unwrap();
+        let verifier = NoteVerifier::from_key_string(&v.verifier_key).unwrap();
+        assert!(matches!(
+            verifier.verify(&other.sign(&v.text).unwrap()),
+            Err(NoteError::NoValidSignature(_))
+        ));
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_malformed_ones_are_refused() {
+        let signer =
+            NoteSigner::new("dccf.example/NL", SigningKey::from_bytes(&[9u8; 32])).unwrap();
+        let root = [0xAB; 32];
+        let note = signer
+            .sign(&checkpoint_text("dccf.example/NL", 42, &root))
+            .unwrap();
+        let verifier = NoteVerifier::from_key_string(&signer.verifier_key()).unwrap();
+        let text = verifier.verify(&note).unwrap();
+        assert_eq!(
+            parse_checkpoint(text).unwrap(),
+            ("dccf.example/NL".to_owned(), 42, root)
+        );
+        for bad in [
+            "",
+            "origin\n",
+            "origin\n-1\nAAAA\n",
+            "origin\n01\nAAAA\n",
+            "origin\n5\nnot base64\n",
+        ] {
+            assert!(parse_checkpoint(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_with_a_reason() {
+        for (key, why) in [
+            ("nokeyid", "expected name+keyid+key"),
+            ("name+zz+AQ==", "8 hex digits"),
+            ("name+00000000+AgAA", "Ed25519"),
+        ] {
+            let err = NoteVerifier::from_key_string(key).unwrap_err().to_string();
+            assert!(err.contains(why), "{key}: {err}");
+        }
+    }
+}

@@ -20,6 +20,7 @@
 pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
+pub mod proof;
 pub mod store;
 
 use std::path::PathBuf;

@@ -334,12 +334,12 @@ async fn a_redelivery_after_expiry_still_gets_the_original_receipt() {
         ALERT,
         &dccf_node::samples::risk_alert(1).encode_to_vec(),
         |o| {
-            o.expires_at_ms = o.created_at_ms + 1_000;
+            o.expires_at_ms = o.created_at_ms + 3_000;
         },
     );
     let mut client = fed.exchange_as("NL", "BR");
     let first = client.deliver(env.clone()).await.unwrap().into_inner();
-    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3_200)).await;
     let again = client
         .deliver(env)
         .await

@@ -45,6 +45,13 @@ pub enum Suite {
 #[error("bench: {0}")]
 pub struct BenchError(String);
 
+/// Prints `figures` as one JSON object on one line.
+fn print_json(figures: &impl serde::Serialize) -> Result<(), BenchError> {
+    let line = serde_json::to_string(figures).map_err(|e| BenchError(e.to_string()))?;
+    println!("{line}");
+    Ok(())
+}
+
 /// Runs a suite and prints its figures.
 pub async fn run(suite: Suite) -> Result<(), BenchError> {
     match suite {
@@ -53,10 +60,7 @@ pub async fn run(suite: Suite) -> Result<(), BenchError> {
                 .await
                 .map_err(|e| BenchError(e.to_string()))??;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&r).map_err(|e| BenchError(e.to_string()))?
-                );
+                print_json(&r)?;
             } else {
                 println!(
                     "bench policy: 1 KiB PreArrivalDeclaration, {} allowed field paths, {} iterations, best of {} interleaved rounds",
@@ -78,10 +82,7 @@ pub async fn run(suite: Suite) -> Result<(), BenchError> {
                 .await
                 .map_err(|e| BenchError(e.to_string()))??;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&r).map_err(|e| BenchError(e.to_string()))?
-                );
+                print_json(&r)?;
             } else {
                 println!(
                     "bench envelope: 1 KiB PreArrivalDeclaration ({} bytes), {} iterations, best of {} interleaved rounds",

@@ -80,7 +80,9 @@ impl NodeState {
             in_flight: Default::default(),
         };
         state.warn_about_own_cards();
-        state.stage_agreement_changes()?.wait_blocking()?;
+        if let Some(ticket) = state.stage_agreement_changes()? {
+            ticket.wait_blocking()?;
+        }
         Ok(Arc::new(state))
     }
 
@@ -106,7 +108,7 @@ impl NodeState {
         *self.agreements.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         self.peers.clear();
         self.warn_about_own_cards();
-        self.stage_agreement_changes()?.durable().await?;
+        self.record_agreement_changes().await?;
         Ok(self.agreement_statuses())
     }
 
@@ -137,8 +139,8 @@ impl NodeState {
     /// Stages an `AGREEMENT_ACTIVATED` or `AGREEMENT_DEACTIVATED` ledger entry for every
     /// agreement version whose being in force changed since the ledger last said (signatures,
     /// validity window, supersession, revocation, or its file removed). Returns the ticket to
-    /// wait on; with no change it commits nothing new.
-    pub fn stage_agreement_changes(&self) -> Result<crate::ledger::Ticket, LedgerError> {
+    /// wait on, or `None` when nothing changed (then nothing is committed, and nothing synced).
+    pub fn stage_agreement_changes(&self) -> Result<Option<crate::ledger::Ticket>, LedgerError> {
         use crate::proto::v1::{EntryKind, LedgerEntry};
         const ACTIVE: &[u8] = b"active";
         let statuses = self.agreement_statuses();
@@ -148,6 +150,7 @@ impl NodeState {
             .into_iter()
             .collect();
         let mut txn = self.store.begin();
+        let mut changed = false;
         let entry = |kind: EntryKind, id: &str, version: u32, digest: Vec<u8>, detail: String| {
             LedgerEntry {
                 kind: kind as i32,
@@ -176,6 +179,7 @@ impl NodeState {
             txn.append(crate::ledger::entry::leaf(&entry(
                 kind, &st.id, st.version, digest, detail,
             )));
+            changed = true;
             let value = if st.active {
                 ACTIVE
             } else {
@@ -198,9 +202,19 @@ impl NodeState {
                     detail,
                 )));
                 txn.remove(key)?;
+                changed = true;
             }
         }
-        Ok(txn.commit())
+        // A dropped transaction writes nothing.
+        Ok(changed.then(|| txn.commit()))
+    }
+
+    /// [`NodeState::stage_agreement_changes`] and waits until the changes are durable.
+    pub async fn record_agreement_changes(&self) -> Result<(), LedgerError> {
+        if let Some(ticket) = self.stage_agreement_changes()? {
+            ticket.durable().await?;
+        }
+        Ok(())
     }
 
     /// Marks (sender, message id) as being processed; false if it already is.

@@ -191,12 +191,7 @@ pub async fn start_on(
                     _ = stop.wait_for(|s| *s) => return Ok(()),
                     _ = tick.tick() => {}
                 }
-                let staged = state.stage_agreement_changes();
-                let result = match staged {
-                    Ok(ticket) => ticket.durable().await.map(drop),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = result {
+                if let Err(e) = state.record_agreement_changes().await {
                     tracing::error!(error = %e, "could not record agreement changes in the ledger");
                 }
                 let now = crate::envelope::now_ms();

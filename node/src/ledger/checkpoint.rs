@@ -6,8 +6,9 @@
 //! SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key); the signature is Ed25519 over `text`. A checkpoint's
 //! text is `<origin>\n<tree size>\n<base64 root hash>\n`.
 //!
-//! Publishing checkpoints (interval, on demand, in receipts) and cosigning are issue [3] work that
-//! builds on this module.
+//! Cosignatures follow C2SP `tlog-cosignature` (Ed25519, type 0x04): a witness that checked a
+//! checkpoint's consistency adds a signature line whose blob is `key id ‖ u64 BE timestamp ‖
+//! Ed25519("cosignature/v1\ntime <t>\n" ‖ checkpoint text)`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -15,6 +16,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 /// The signature-type byte of Ed25519 in C2SP signed notes and verifier keys.
 const ED25519: u8 = 0x01;
+/// The signature-type byte of Ed25519 cosignatures (C2SP `tlog-cosignature`, `cosignature/v1`).
+const COSIGNATURE_V1: u8 = 0x04;
 /// The prefix of a signature line (an em dash and a space).
 const SIG_PREFIX: &str = "\u{2014} ";
 
@@ -37,9 +40,27 @@ pub enum NoteError {
 
 /// The 4-byte key id of an Ed25519 key named `name`.
 pub fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
-    let digest =
-        crate::envelope::sha256_parts(&[name.as_bytes(), b"\n", &[ED25519], key.as_bytes()]);
+    typed_key_id(name, ED25519, key)
+}
+
+/// The 4-byte key id of an Ed25519 cosigner key named `name` (type 0x04).
+pub fn cosigner_key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    typed_key_id(name, COSIGNATURE_V1, key)
+}
+
+fn typed_key_id(name: &str, kind: u8, key: &VerifyingKey) -> [u8; 4] {
+    let digest = crate::envelope::sha256_parts(&[name.as_bytes(), b"\n", &[kind], key.as_bytes()]);
     [digest[0], digest[1], digest[2], digest[3]]
+}
+
+/// The verifier key string `<name>+<hex key id>+<base64(type ‖ public key)>`.
+fn vkey_string(name: &str, kind: u8, key: &VerifyingKey) -> String {
+    let public = [&[kind][..], key.as_bytes()].concat();
+    format!(
+        "{name}+{}+{}",
+        hex::encode(typed_key_id(name, kind, key)),
+        B64.encode(public)
+    )
 }
 
 /// A signer of notes: a name and an Ed25519 key.
@@ -72,7 +93,7 @@ impl NoteSigner {
         let rest = s.strip_prefix("PRIVATE+KEY+").ok_or_else(|| {
             NoteError::MalformedKey("signer key must start with PRIVATE+KEY+".into())
         })?;
-        let (name, id, bytes) = split_key(rest)?;
+        let (name, id, bytes) = split_key(rest, ED25519)?;
         let seed: [u8; 32] = bytes
             .get(1..)
             .and_then(|b| b.try_into().ok())
@@ -98,13 +119,7 @@ impl NoteSigner {
 
     /// The verifier key string `<name>+<hex key id>+<base64(0x01 ‖ public key)>` (the `vkey`).
     pub fn verifier_key(&self) -> String {
-        let public = [&[ED25519][..], self.key.verifying_key().as_bytes()].concat();
-        format!(
-            "{}+{}+{}",
-            self.name,
-            hex::encode(self.key_id()),
-            B64.encode(public)
-        )
+        vkey_string(&self.name, ED25519, &self.key.verifying_key())
     }
 
     /// Signs `text` (must end with a newline) into a note with one signature line.
@@ -130,7 +145,7 @@ pub struct NoteVerifier {
 impl NoteVerifier {
     /// Parses a verifier key string `<name>+<hex key id>+<base64(0x01 ‖ public key)>`.
     pub fn from_key_string(s: &str) -> Result<NoteVerifier, NoteError> {
-        let (name, id, bytes) = split_key(s)?;
+        let (name, id, bytes) = split_key(s, ED25519)?;
         let public: [u8; 32] = bytes
             .get(1..)
             .and_then(|b| b.try_into().ok())
@@ -148,29 +163,25 @@ impl NoteVerifier {
         })
     }
 
+    /// Builds a verifier for the key `key` named `name`.
+    pub fn new(name: &str, key: VerifyingKey) -> Result<NoteVerifier, NoteError> {
+        check_name(name)?;
+        Ok(NoteVerifier {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    /// The signer name this verifier expects.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Checks that `note` carries a valid signature by this verifier and returns its text.
     pub fn verify<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
-        let split = note.rfind("\n\n").ok_or_else(|| {
-            NoteError::MalformedNote("no blank line before the signatures".into())
-        })?;
-        let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
-        check_text(text)?;
-        if !sigs.ends_with('\n') || sigs.is_empty() {
-            return Err(NoteError::MalformedNote(
-                "signature lines must end with a newline".into(),
-            ));
-        }
+        let (text, lines) = split_note(note)?;
         let id = key_id(&self.name, &self.key);
-        for line in sigs.lines() {
-            let rest = line.strip_prefix(SIG_PREFIX).ok_or_else(|| {
-                NoteError::MalformedNote(format!("not a signature line: {line:?}"))
-            })?;
-            let (name, blob) = rest.split_once(' ').ok_or_else(|| {
-                NoteError::MalformedNote(format!("not a signature line: {line:?}"))
-            })?;
-            let Ok(blob) = B64.decode(blob) else {
-                return Err(NoteError::MalformedNote("signature is not base64".into()));
-            };
+        for (name, blob) in lines {
             if name != self.name || blob.len() != 68 || blob[..4] != id {
                 continue; // another signer's line
             }
@@ -178,6 +189,165 @@ impl NoteVerifier {
                 .map_err(|_| NoteError::MalformedNote("bad signature bytes".into()))?;
             if self.key.verify_strict(text.as_bytes(), &sig).is_ok() {
                 return Ok(text);
+            }
+        }
+        Err(NoteError::NoValidSignature(self.name.clone()))
+    }
+}
+
+/// Splits a note into its text (ending in a newline) and its signature lines as
+/// (name, decoded blob), checking the framing.
+pub fn split_note(note: &str) -> Result<(&str, Vec<(&str, Vec<u8>)>), NoteError> {
+    let split = note
+        .rfind("\n\n")
+        .ok_or_else(|| NoteError::MalformedNote("no blank line before the signatures".into()))?;
+    let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
+    check_text(text)?;
+    if !sigs.ends_with('\n') || sigs.is_empty() {
+        return Err(NoteError::MalformedNote(
+            "signature lines must end with a newline".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for line in sigs.lines() {
+        let bad = || NoteError::MalformedNote(format!("not a signature line: {line:?}"));
+        let rest = line.strip_prefix(SIG_PREFIX).ok_or_else(bad)?;
+        let (name, blob) = rest.split_once(' ').ok_or_else(bad)?;
+        let blob = B64
+            .decode(blob)
+            .map_err(|_| NoteError::MalformedNote("signature is not base64".into()))?;
+        out.push((name, blob));
+    }
+    Ok((text, out))
+}
+
+/// Appends signature lines (each `— name base64\n`, as made by [`Cosigner::cosign`]) to a note.
+pub fn add_signature_lines(note: &str, lines: &[String]) -> String {
+    let mut out = note.to_owned();
+    for line in lines {
+        out.push_str(line);
+    }
+    out
+}
+
+/// The message a `cosignature/v1` signs: header line, time line, then the checkpoint text.
+fn cosigned_message(text: &str, time: u64) -> String {
+    format!("cosignature/v1\ntime {time}\n{text}")
+}
+
+/// A witness that cosigns checkpoints (C2SP `tlog-cosignature`, Ed25519 `cosignature/v1`).
+#[derive(Clone)]
+pub struct Cosigner {
+    name: String,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for Cosigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cosigner")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cosigner {
+    /// A cosigner named `name` (a schema-less URL identifying the witness) with `key`.
+    pub fn new(name: &str, key: SigningKey) -> Result<Cosigner, NoteError> {
+        check_name(name)?;
+        Ok(Cosigner {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    /// The cosigner name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The verifier key string `<name>+<hex key id>+<base64(0x04 ‖ public key)>`.
+    pub fn verifier_key(&self) -> String {
+        vkey_string(&self.name, COSIGNATURE_V1, &self.key.verifying_key())
+    }
+
+    /// Cosigns checkpoint `text` (the note text, without signature lines) at `time` (Unix
+    /// seconds); returns the signature line, newline included.
+    pub fn cosign(&self, text: &str, time: u64) -> Result<String, NoteError> {
+        check_text(text)?;
+        if time > i64::MAX as u64 {
+            return Err(NoteError::MalformedNote(
+                "cosignature time out of range".into(),
+            ));
+        }
+        let sig = self.key.sign(cosigned_message(text, time).as_bytes());
+        let id = cosigner_key_id(&self.name, &self.key.verifying_key());
+        let blob = [&id[..], &time.to_be_bytes(), &sig.to_bytes()].concat();
+        Ok(format!("{SIG_PREFIX}{} {}\n", self.name, B64.encode(blob)))
+    }
+}
+
+/// Verifies a witness's cosignatures on checkpoints.
+#[derive(Debug, Clone)]
+pub struct CosignatureVerifier {
+    name: String,
+    key: VerifyingKey,
+}
+
+impl CosignatureVerifier {
+    /// A verifier for the cosigner `name` with public key `key`.
+    pub fn new(name: &str, key: VerifyingKey) -> Result<CosignatureVerifier, NoteError> {
+        check_name(name)?;
+        Ok(CosignatureVerifier {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    /// Parses a cosigner verifier key `<name>+<hex key id>+<base64(0x04 ‖ public key)>`.
+    pub fn from_key_string(s: &str) -> Result<CosignatureVerifier, NoteError> {
+        let (name, id, bytes) = split_key(s, COSIGNATURE_V1)?;
+        let public: [u8; 32] = bytes
+            .get(1..)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| NoteError::MalformedKey("verifier key must hold 32 key bytes".into()))?;
+        let key = VerifyingKey::from_bytes(&public)
+            .map_err(|_| NoteError::MalformedKey("not an Ed25519 public key".into()))?;
+        if cosigner_key_id(name, &key) != id {
+            return Err(NoteError::MalformedKey(
+                "key id does not match the key".into(),
+            ));
+        }
+        CosignatureVerifier::new(name, key)
+    }
+
+    /// The cosigner name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The verifier key string of this cosigner.
+    pub fn verifier_key(&self) -> String {
+        vkey_string(&self.name, COSIGNATURE_V1, &self.key)
+    }
+
+    /// Checks that `note` carries a valid cosignature by this witness; returns its timestamp.
+    pub fn verify(&self, note: &str) -> Result<u64, NoteError> {
+        let (text, lines) = split_note(note)?;
+        let id = cosigner_key_id(&self.name, &self.key);
+        for (name, blob) in lines {
+            if name != self.name || blob.len() != 4 + 8 + 64 || blob[..4] != id {
+                continue;
+            }
+            let time = u64::from_be_bytes(blob[4..12].try_into().expect("8 bytes"));
+            let sig = Signature::from_slice(&blob[12..])
+                .map_err(|_| NoteError::MalformedNote("bad signature bytes".into()))?;
+            if time <= i64::MAX as u64
+                && self
+                    .key
+                    .verify_strict(cosigned_message(text, time).as_bytes(), &sig)
+                    .is_ok()
+            {
+                return Ok(time);
             }
         }
         Err(NoteError::NoValidSignature(self.name.clone()))
@@ -209,7 +379,7 @@ fn check_text(text: &str) -> Result<(), NoteError> {
 }
 
 /// Splits `name+hexid+base64` into its parts, checking the type byte.
-fn split_key(s: &str) -> Result<(&str, [u8; 4], Vec<u8>), NoteError> {
+fn split_key(s: &str, kind: u8) -> Result<(&str, [u8; 4], Vec<u8>), NoteError> {
     let mut parts = s.splitn(3, '+');
     let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(NoteError::MalformedKey("expected name+keyid+key".into()));
@@ -222,10 +392,15 @@ fn split_key(s: &str) -> Result<(&str, [u8; 4], Vec<u8>), NoteError> {
     let bytes = B64
         .decode(b64)
         .map_err(|_| NoteError::MalformedKey("key is not base64".into()))?;
-    if bytes.first() != Some(&ED25519) {
-        return Err(NoteError::MalformedKey(
-            "only Ed25519 keys (type 0x01) are supported".into(),
-        ));
+    if bytes.first() != Some(&kind) {
+        return Err(NoteError::MalformedKey(format!(
+            "expected an Ed25519 key of type 0x{kind:02x}{}",
+            if kind == ED25519 {
+                ""
+            } else {
+                " (cosignature/v1)"
+            }
+        )));
     }
     Ok((name, id, bytes))
 }
@@ -344,9 +519,76 @@ mod tests {
             ("nokeyid", "expected name+keyid+key"),
             ("name+zz+AQ==", "8 hex digits"),
             ("name+00000000+AgAA", "Ed25519"),
+            ("name+00000000+BAAA", "type 0x01"),
         ] {
             let err = NoteVerifier::from_key_string(key).unwrap_err().to_string();
             assert!(err.contains(why), "{key}: {err}");
         }
+    }
+
+    fn cosigned_fixture() -> (NoteSigner, Cosigner, String, String) {
+        let log = NoteSigner::new("dccf.example/NL", SigningKey::from_bytes(&[9u8; 32])).unwrap();
+        let witness = Cosigner::new("dccf.example/BR", SigningKey::from_bytes(&[5u8; 32])).unwrap();
+        let text = checkpoint_text("dccf.example/NL", 7, &[0x11; 32]);
+        let note = log.sign(&text).unwrap();
+        let line = witness.cosign(&text, 1_700_000_000).unwrap();
+        let cosigned = add_signature_lines(&note, &[line]);
+        (log, witness, text, cosigned)
+    }
+
+    #[test]
+    fn cosignatures_verify_and_leave_the_log_signature_intact() {
+        let (log, witness, text, cosigned) = cosigned_fixture();
+        let verifier = CosignatureVerifier::from_key_string(&witness.verifier_key()).unwrap();
+        assert_eq!(verifier.verify(&cosigned).unwrap(), 1_700_000_000);
+        let log_verifier = NoteVerifier::from_key_string(&log.verifier_key()).unwrap();
+        assert_eq!(log_verifier.verify(&cosigned).unwrap(), text);
+        // The blob is key id, big-endian timestamp, signature over the cosignature/v1 message.
+        let (_, lines) = split_note(&cosigned).unwrap();
+        let (name, blob) = &lines[1];
+        assert_eq!(*name, "dccf.example/BR");
+        assert_eq!(blob.len(), 76);
+        assert_eq!(&blob[4..12], &1_700_000_000u64.to_be_bytes());
+        let key = SigningKey::from_bytes(&[5u8; 32]).verifying_key();
+        let message = format!("cosignature/v1\ntime 1700000000\n{text}");
+        let sig = Signature::from_slice(&blob[12..]).unwrap();
+        key.verify_strict(message.as_bytes(), &sig).unwrap();
+        // A log signature line is not a cosignature and vice versa (different key ids).
+        let as_log = NoteVerifier::new("dccf.example/BR", key).unwrap();
+        assert!(as_log.verify(&cosigned).is_err());
+    }
+
+    #[test]
+    fn a_cosignature_over_another_checkpoint_or_time_fails() {
+        let (log, witness, _, cosigned) = cosigned_fixture();
+        let verifier = CosignatureVerifier::from_key_string(&witness.verifier_key()).unwrap();
+        // Same cosignature line moved onto a checkpoint with another root.
+        let other = log
+            .sign(&checkpoint_text("dccf.example/NL", 7, &[0x22; 32]))
+            .unwrap();
+        let line = cosigned.lines().last().unwrap().to_owned() + "\n";
+        let moved = add_signature_lines(&other, &[line.clone()]);
+        assert!(matches!(
+            verifier.verify(&moved),
+            Err(NoteError::NoValidSignature(_))
+        ));
+        // Timestamp changed by one second.
+        let (_, lines) = split_note(&cosigned).unwrap();
+        let mut blob = lines[1].1.clone();
+        blob[11] ^= 1;
+        let forged = format!("\u{2014} dccf.example/BR {}\n", B64.encode(blob));
+        let note = log
+            .sign(&checkpoint_text("dccf.example/NL", 7, &[0x11; 32]))
+            .unwrap();
+        assert!(
+            verifier
+                .verify(&add_signature_lines(&note, &[forged]))
+                .is_err()
+        );
+        // No cosignature at all.
+        assert!(verifier.verify(&note).is_err());
+        // A cosigner key string is not a log key, and vice versa.
+        assert!(NoteVerifier::from_key_string(&witness.verifier_key()).is_err());
+        assert!(CosignatureVerifier::from_key_string(&log.verifier_key()).is_err());
     }
 }

@@ -195,9 +195,12 @@ impl NoteVerifier {
     }
 }
 
+/// One signature line of a note: signer name and decoded blob (key id ‖ signature data).
+pub type SignatureLine<'a> = (&'a str, Vec<u8>);
+
 /// Splits a note into its text (ending in a newline) and its signature lines as
 /// (name, decoded blob), checking the framing.
-pub fn split_note(note: &str) -> Result<(&str, Vec<(&str, Vec<u8>)>), NoteError> {
+pub fn split_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), NoteError> {
     let split = note
         .rfind("\n\n")
         .ok_or_else(|| NoteError::MalformedNote("no blank line before the signatures".into()))?;
@@ -567,7 +570,7 @@ mod tests {
             .sign(&checkpoint_text("dccf.example/NL", 7, &[0x22; 32]))
             .unwrap();
         let line = cosigned.lines().last().unwrap().to_owned() + "\n";
-        let moved = add_signature_lines(&other, &[line.clone()]);
+        let moved = add_signature_lines(&other, &[line]);
         assert!(matches!(
             verifier.verify(&moved),
             Err(NoteError::NoValidSignature(_))

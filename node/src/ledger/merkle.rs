@@ -71,10 +71,24 @@ impl Frontier {
 
     /// Appends the leaf with hash `leaf_hash` (see [`leaf_hash`]) as leaf number `size()`.
     pub fn push(&mut self, leaf_hash: [u8; HASH_LEN]) {
+        self.push_with_nodes(leaf_hash, |_, _, _| {});
+    }
+
+    /// Like [`Frontier::push`], and reports every perfect subtree the new leaf completes as
+    /// `(level, index, hash)`: the node at `level >= 1` covering leaves
+    /// `[index << level, (index + 1) << level)`. These are the interior hashes the store keeps so
+    /// that proofs read O(log n) hashes.
+    pub fn push_with_nodes(
+        &mut self,
+        leaf_hash: [u8; HASH_LEN],
+        mut completed: impl FnMut(u8, u64, &[u8; HASH_LEN]),
+    ) {
         // Every trailing one bit of `size` is a subtree of the same height as the carry being
         // built: merge them, exactly like binary addition of 1.
         let mut carry = leaf_hash;
         let mut bits = self.size;
+        let mut level = 0u8;
+        let mut index = self.size;
         while bits & 1 == 1 {
             match self.hashes.pop() {
                 Some(left) => carry = node_hash(&left, &carry),
@@ -83,6 +97,9 @@ impl Frontier {
                 None => break,
             }
             bits >>= 1;
+            level += 1;
+            index >>= 1;
+            completed(level, index, &carry);
         }
         self.hashes.push(carry);
         // 2^64 leaves cannot be reached in practice.

@@ -6,10 +6,10 @@
 //! equal roots, and any tree is consistent with the empty tree given an empty proof.
 //!
 //! Generation ([`inclusion_proof`], [`consistency_proof`]) uses the RFC 9162 §2.1.3.1 / §2.1.4.1
-//! recursive definitions. The store keeps only leaf hashes, so every subtree hash in a proof is
-//! currently **recomputed from the stored leaf hashes** ([`Store::leaf_hash`]): a proof over a
-//! tree of size `n` costs O(n) reads and hashes, not O(log n). Storing interior nodes (tiles) so
-//! that each proof element is a single read is the next step, tracked in issue [3].
+//! recursive definitions. The store keeps the hash of every complete (perfect, aligned) subtree
+//! ([`Store::node_hash`]), and in those recursions every left subtree is complete: a proof
+//! element is one stored read, except the at most two right-edge subtrees of a proof, which are
+//! combined from O(log n) stored nodes. A proof over a tree of size `n` is O(log n) reads.
 
 use super::merkle::{HASH_LEN, empty_root, node_hash};
 use super::{LedgerError, Store};
@@ -252,8 +252,9 @@ fn check_durable(store: &Store, tree_size: u64) -> Result<(), ProofError> {
     Ok(())
 }
 
-/// RFC 6962 Merkle tree hash of the durable leaves `[start, end)`, recomputed from their stored
-/// leaf hashes (O(end - start) reads). The empty range hashes to the empty-tree root.
+/// RFC 6962 Merkle tree hash of the durable leaves `[start, end)`, from stored subtree hashes:
+/// O(log n) reads when `start` is aligned as in RFC 9162 recursions (always the case for
+/// `start == 0`), more for arbitrary ranges. The empty range hashes to the empty-tree root.
 pub fn subtree_root(store: &Store, start: u64, end: u64) -> Result<Hash, ProofError> {
     if start > end {
         return Err(ProofError::SizeOrder {
@@ -265,6 +266,13 @@ pub fn subtree_root(store: &Store, start: u64, end: u64) -> Result<Hash, ProofEr
     match end - start {
         0 => Ok(empty_root()),
         1 => stored_leaf(store, start),
+        // A perfect, aligned subtree is stored: one read.
+        n if n.is_power_of_two() && start.is_multiple_of(n) => {
+            let level = n.trailing_zeros() as u8;
+            store
+                .node_hash(level, start >> level)?
+                .ok_or(ProofError::MissingLeaf { index: start })
+        }
         n => {
             let k = split_point(n);
             let left = subtree_root(store, start, start + k)?;
@@ -327,7 +335,7 @@ fn subproof(
 /// Inclusion proof (RFC 9162 §2.1.3.1) of entry `index` in the ledger's tree of size
 /// `tree_size`, which must not exceed the durable size. Verify with [`verify_inclusion`].
 ///
-/// Recomputes subtree hashes from stored leaf hashes: O(`tree_size`) reads (see module docs).
+/// O(log `tree_size`) stored reads (see module docs).
 pub fn inclusion_proof(store: &Store, index: u64, tree_size: u64) -> Result<Vec<Hash>, ProofError> {
     if index >= tree_size {
         return Err(ProofError::IndexOutOfRange { index, tree_size });
@@ -338,11 +346,16 @@ pub fn inclusion_proof(store: &Store, index: u64, tree_size: u64) -> Result<Vec<
     Ok(out)
 }
 
+/// Root hash of the ledger's tree at a past (durable) `size`: O(log `size`) reads.
+pub fn root_at(store: &Store, size: u64) -> Result<Hash, ProofError> {
+    subtree_root(store, 0, size)
+}
+
 /// Consistency proof (RFC 9162 §2.1.4.1) between the ledger's trees of sizes `size1` and
 /// `size2`, where `size1 <= size2 <=` the durable size. Verify with [`verify_consistency`].
 ///
 /// The proof is empty when `size1 == 0` or `size1 == size2`, as [`verify_consistency`] expects.
-/// Recomputes subtree hashes from stored leaf hashes: O(`size2`) reads (see module docs).
+/// O(log `size2`) stored reads (see module docs).
 pub fn consistency_proof(store: &Store, size1: u64, size2: u64) -> Result<Vec<Hash>, ProofError> {
     if size1 > size2 {
         return Err(ProofError::SizeOrder { size1, size2 });
@@ -598,6 +611,49 @@ mod tests {
         // size1 == 0: empty proof, consistent with anything.
         assert!(consistency_proof(&store, 0, N).expect("proof").is_empty());
         verify_consistency(0, N, &[], &roots[0], &roots[N as usize]).expect("from empty");
+    }
+
+    #[test]
+    fn proofs_read_o_log_n_stored_hashes() {
+        // Built in multi-entry units, as the node commits groups.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open store");
+        let mut f = Frontier::new();
+        let mut roots = vec![f.root()];
+        let n = 5000u64;
+        let mut i = 0;
+        while i < n {
+            let mut txn = store.begin();
+            for _ in 0..(1 + i % 97).min(n - i) {
+                txn.append(leaf(i));
+                f.push(leaf_hash(&leaf(i)));
+                roots.push(f.root());
+                i += 1;
+            }
+            txn.commit().wait_blocking().expect("commit");
+        }
+        let log2 = 64 - n.leading_zeros() as u64; // 13
+        for (index, size) in [(0, n), (n - 1, n), (2345, n), (1234, 4097), (7, 4096)] {
+            let before = store.hash_reads();
+            let proof = inclusion_proof(&store, index, size).expect("proof");
+            let reads = store.hash_reads() - before;
+            assert!(reads <= 3 * log2, "inclusion {index}@{size}: {reads} reads");
+            let lh = leaf_hash(&leaf(index));
+            verify_inclusion(&lh, index, size, &proof, &roots[size as usize]).expect("verifies");
+        }
+        for (s1, s2) in [(1, n), (4095, n), (2500, 4999), (1000, 1001), (3333, 4444)] {
+            let before = store.hash_reads();
+            let proof = consistency_proof(&store, s1, s2).expect("proof");
+            let reads = store.hash_reads() - before;
+            assert!(reads <= 4 * log2, "consistency {s1}->{s2}: {reads} reads");
+            verify_consistency(s1, s2, &proof, &roots[s1 as usize], &roots[s2 as usize])
+                .expect("verifies");
+        }
+        for size in [1, 2, 3, 1000, 4096, 4097, n] {
+            let before = store.hash_reads();
+            assert_eq!(root_at(&store, size).expect("root"), roots[size as usize]);
+            assert!(store.hash_reads() - before <= log2 + 1);
+        }
     }
 
     #[test]

@@ -9,8 +9,13 @@
 //! |-------------------------|--------------------------------------------------|
 //! | `b"e"` + u64 BE index   | leaf bytes of entry `index` (opaque here)        |
 //! | `b"h"` + u64 BE index   | its 32-byte leaf hash                            |
+//! | `b"n"` + u8 level + u64 BE index | hash of the perfect subtree of height `level` (≥ 1) covering leaves `[index << level, (index + 1) << level)` |
 //! | `b"m/head"`             | [`Frontier::to_bytes`] after the last entry      |
 //! | anything else           | callers' side records (`b"i/…"`, `b"x/…"`, …)    |
+//!
+//! Storing every complete interior node (about one per entry) makes appends O(log n) writes
+//! amortized O(1), and lets any subtree hash, root at a past size, inclusion or consistency proof
+//! be read with O(log n) point lookups instead of rebuilding the tree.
 //!
 //! # Commit path
 //!
@@ -68,6 +73,7 @@ use super::merkle::{self, Frontier, HASH_LEN};
 
 const ENTRY_PREFIX: u8 = b'e';
 const HASH_PREFIX: u8 = b'h';
+const NODE_PREFIX: u8 = b'n';
 const META_PREFIX: &[u8] = b"m/";
 const HEAD_KEY: &[u8] = b"m/head";
 
@@ -139,6 +145,8 @@ struct Queue {
 struct Unit {
     first_index: u64,
     leaves: Vec<(Vec<u8>, [u8; HASH_LEN])>,
+    /// Interior nodes completed by this unit's entries: (level, index, hash).
+    nodes: Vec<(u8, u64, [u8; HASH_LEN])>,
     /// Frontier after this unit's entries.
     frontier: Frontier,
     /// Side-record writes in staging order: `Some` = put, `None` = remove.
@@ -153,6 +161,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn node_key(level: u8, index: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = NODE_PREFIX;
+    k[1] = level;
+    k[2..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
 fn index_key(prefix: u8, index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = prefix;
@@ -162,7 +178,10 @@ fn index_key(prefix: u8, index: u64) -> [u8; 9] {
 
 /// Whether `key` lies in the ledger's own key space.
 fn is_reserved(key: &[u8]) -> bool {
-    matches!(key.first(), Some(&ENTRY_PREFIX | &HASH_PREFIX)) || key.starts_with(META_PREFIX)
+    matches!(
+        key.first(),
+        Some(&ENTRY_PREFIX | &HASH_PREFIX | &NODE_PREFIX)
+    ) || key.starts_with(META_PREFIX)
 }
 
 /// For a reserved key, the smallest key after its whole reserved range (to skip it in scans).
@@ -170,6 +189,7 @@ fn skip_reserved(key: &[u8]) -> Option<Vec<u8>> {
     match key.first() {
         Some(&ENTRY_PREFIX) => Some(vec![ENTRY_PREFIX + 1]),
         Some(&HASH_PREFIX) => Some(vec![HASH_PREFIX + 1]),
+        Some(&NODE_PREFIX) => Some(vec![NODE_PREFIX + 1]),
         _ if key.starts_with(META_PREFIX) => Some(b"m0".to_vec()), // '0' = '/' + 1
         _ => None,
     }
@@ -260,6 +280,7 @@ impl Store {
             frontier,
             staging,
             leaves: Vec::new(),
+            nodes: Vec::new(),
             ops: Vec::new(),
         }
     }
@@ -282,6 +303,12 @@ impl Store {
 
     /// Stored leaf hash of entry `index`, if that entry is durable.
     pub fn leaf_hash(&self, index: u64) -> Result<Option<[u8; 32]>, LedgerError> {
+        #[cfg(test)]
+        self.inner
+            .shared
+            .hooks
+            .hash_reads
+            .fetch_add(1, Ordering::Relaxed);
         let Some(v) = self.durable_value(HASH_PREFIX, index)? else {
             return Ok(None);
         };
@@ -292,6 +319,49 @@ impl Store {
             ),
         })?;
         Ok(Some(hash))
+    }
+
+    /// Stored hash of the perfect subtree of height `level` covering leaves
+    /// `[index << level, (index + 1) << level)` (level 0: the leaf hash), if all those leaves are
+    /// durable.
+    pub fn node_hash(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, LedgerError> {
+        if level == 0 {
+            return self.leaf_hash(index);
+        }
+        let end = index
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(1u64.checked_shl(u32::from(level))?));
+        match end {
+            Some(end) if level < 64 && end <= self.durable_head().size => {}
+            _ => return Ok(None),
+        }
+        #[cfg(test)]
+        self.inner
+            .shared
+            .hooks
+            .hash_reads
+            .fetch_add(1, Ordering::Relaxed);
+        let key = node_key(level, index);
+        let v = self
+            .inner
+            .shared
+            .db
+            .get(key)?
+            .ok_or_else(|| LedgerError::Corrupt {
+                what: format!(
+                    "interior node {} of the durable tree is missing",
+                    show_key(&key)
+                ),
+            })?;
+        <[u8; 32]>::try_from(v.as_ref())
+            .map(Some)
+            .map_err(|_| LedgerError::Corrupt {
+                what: format!(
+                    "interior node {} is {} bytes, expected 32",
+                    show_key(&key),
+                    v.len()
+                ),
+            })
     }
 
     fn durable_value(&self, prefix: u8, index: u64) -> Result<Option<sled::IVec>, LedgerError> {
@@ -406,8 +476,9 @@ impl Store {
         self.inner.shared.commit_groups.load(Ordering::Acquire)
     }
 
-    /// Recomputes the tree from the stored durable entries: every stored leaf hash must match its
-    /// entry and the root must match the durable head. Reads the whole ledger (O(n)).
+    /// Recomputes the tree from the stored durable entries: every stored leaf hash and interior
+    /// node must match what the entries hash to, and the root must match the durable head. Reads
+    /// the whole ledger (O(n)); names the first bad entry or node.
     pub fn verify(&self) -> Result<Head, LedgerError> {
         let head = self.durable_head();
         let mut frontier = Frontier::new();
@@ -422,7 +493,29 @@ impl Store {
                     what: format!("stored leaf hash of entry {index} does not match the entry"),
                 });
             }
-            frontier.push(stored);
+            let mut bad: Option<LedgerError> = None;
+            frontier.push_with_nodes(stored, |level, node, hash| {
+                if bad.is_some() {
+                    return;
+                }
+                match self.node_hash(level, node) {
+                    Ok(Some(h)) if h == *hash => {}
+                    Ok(_) => {
+                        bad = Some(LedgerError::Corrupt {
+                            what: format!(
+                                "stored interior node at level {level}, index {node} (leaves \
+                                 {}..{}) does not match the entries",
+                                node << level,
+                                (node + 1) << level
+                            ),
+                        })
+                    }
+                    Err(e) => bad = Some(e),
+                }
+            });
+            if let Some(e) = bad {
+                return Err(e);
+            }
         }
         if frontier.root() != head.root {
             return Err(LedgerError::Corrupt {
@@ -556,6 +649,21 @@ fn recover_head(db: &sled::Db) -> Result<Frontier, LedgerError> {
                 what: format!(
                     "key {} of the last entry (ledger size {size}) is missing",
                     show_key(&index_key(prefix, last))
+                ),
+            });
+        }
+    }
+    for level in 1..64u8 {
+        // Nodes (level, j) with j >= size >> level would cover leaves past the head.
+        let from = node_key(level, size >> level);
+        let end = node_key(level, u64::MAX);
+        if let Some(item) = db.range::<&[u8], _>(&from[..]..=&end[..]).next() {
+            let (key, _) = item?;
+            return Err(LedgerError::Corrupt {
+                what: format!(
+                    "interior node {} covers leaves past the recorded ledger size {size} \
+                     (half-written state)",
+                    show_key(&key)
                 ),
             });
         }
@@ -726,6 +834,9 @@ impl Shared {
                 batch.insert(&index_key(HASH_PREFIX, next)[..], &hash[..]);
                 next += 1;
             }
+            for (level, index, hash) in &unit.nodes {
+                batch.insert(&node_key(*level, *index)[..], &hash[..]);
+            }
         }
         if let Some(last) = units.iter().rev().find(|u| !u.leaves.is_empty()) {
             batch.insert(HEAD_KEY, last.frontier.to_bytes());
@@ -781,6 +892,7 @@ pub struct Txn<'a> {
     /// Staging frontier plus this transaction's entries.
     frontier: Frontier,
     leaves: Vec<(Vec<u8>, [u8; HASH_LEN])>,
+    nodes: Vec<(u8, u64, [u8; HASH_LEN])>,
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
@@ -790,7 +902,9 @@ impl Txn<'_> {
     pub fn append(&mut self, leaf: Vec<u8>) -> u64 {
         let index = self.frontier.size();
         let hash = merkle::leaf_hash(&leaf);
-        self.frontier.push(hash);
+        let nodes = &mut self.nodes;
+        self.frontier
+            .push_with_nodes(hash, |level, index, node| nodes.push((level, index, *node)));
         self.leaves.push((leaf, hash));
         index
     }
@@ -831,6 +945,7 @@ impl Txn<'_> {
             first_index,
             frontier,
             leaves,
+            nodes,
             ops,
         } = self;
         let (done, ticket) = completion();
@@ -850,6 +965,7 @@ impl Txn<'_> {
         queue.units.push(Unit {
             first_index,
             leaves,
+            nodes,
             frontier,
             ops,
             done,
@@ -974,7 +1090,7 @@ mod test_hooks {
     //! Deterministic control over the committer for tests (no timing involved).
     use std::io;
     use std::path::Path;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Condvar, Mutex, PoisonError};
 
     use super::{LedgerError, lock};
@@ -984,6 +1100,8 @@ mod test_hooks {
         paused: Mutex<bool>,
         resumed: Condvar,
         fail_sync: AtomicBool,
+        /// Stored hashes read (leaf hashes and interior nodes), to check proof costs.
+        pub(super) hash_reads: AtomicU64,
     }
 
     impl Hooks {
@@ -1029,6 +1147,10 @@ mod tests {
         }
         fn resume_committer(&self) {
             self.inner.shared.hooks.set_paused(false);
+        }
+        /// Stored hashes read so far (leaf hashes and interior nodes).
+        pub(crate) fn hash_reads(&self) -> u64 {
+            self.inner.shared.hooks.hash_reads.load(Ordering::Relaxed)
         }
         fn queued(&self) -> usize {
             lock(&self.inner.shared.queue).units.len()
@@ -1514,6 +1636,74 @@ mod tests {
             Store::open(dir.path()),
             Err(LedgerError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn stored_interior_nodes_match_the_tree_and_tampering_is_named() {
+        let dir = tempdir();
+        {
+            let store = open(dir.path());
+            // Units of varied sizes, so nodes completed across unit boundaries are stored too.
+            let mut i = 0;
+            for unit in [1u64, 3, 4, 9, 1, 16, 2] {
+                let mut t = store.begin();
+                for _ in 0..unit {
+                    t.append(leaf(i));
+                    i += 1;
+                }
+                t.commit().wait_blocking().expect("durable");
+            }
+            assert_eq!(store.durable_head().size, 36);
+            store.verify().expect("consistent");
+            // Every perfect subtree inside the tree is stored and hashes its leaves.
+            for level in 1..=5u8 {
+                for index in 0..(36u64 >> level) {
+                    let start = index << level;
+                    let want = recomputed_range(&store, start, start + (1 << level));
+                    assert_eq!(store.node_hash(level, index).unwrap(), Some(want));
+                }
+                // The node that would reach past the durable size is not served.
+                assert_eq!(store.node_hash(level, 36u64 >> level).unwrap(), None);
+            }
+        }
+        {
+            let db = sled::open(dir.path()).expect("raw sled");
+            db.insert(node_key(2, 3), vec![0u8; 32]).expect("insert");
+            db.flush().expect("flush");
+        }
+        let store = open(dir.path());
+        match store.verify() {
+            Err(LedgerError::Corrupt { what }) => {
+                assert!(what.contains("level 2, index 3"), "{what}")
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        drop(store);
+        {
+            let db = sled::open(dir.path()).expect("raw sled");
+            db.insert(node_key(3, 4), vec![0u8; 32]).expect("insert");
+            db.flush().expect("flush");
+        }
+        match Store::open(dir.path()) {
+            Err(LedgerError::Corrupt { what }) => assert!(what.contains("half-written"), "{what}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    /// RFC 6962 hash of leaves `[start, end)` recomputed from the entries (test oracle).
+    fn recomputed_range(store: &Store, start: u64, end: u64) -> [u8; 32] {
+        let hashes: Vec<[u8; 32]> = (start..end)
+            .map(|i| merkle::leaf_hash(&store.entry(i).unwrap().unwrap()))
+            .collect();
+        fn mth(h: &[[u8; 32]]) -> [u8; 32] {
+            if h.len() == 1 {
+                return h[0];
+            }
+            // Largest power of two strictly below the length.
+            let k = 1usize << (usize::BITS - 1 - (h.len() - 1).leading_zeros());
+            merkle::node_hash(&mth(&h[..k]), &mth(&h[k..]))
+        }
+        mth(&hashes)
     }
 
     #[test]

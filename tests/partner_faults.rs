@@ -50,6 +50,20 @@ impl Exchange for ForgingPartner {
     ) -> Result<Response<Self::DeliverStreamStream>, Status> {
         Err(Status::unimplemented("not in this stand-in"))
     }
+
+    async fn get_checkpoint(
+        &self,
+        _request: Request<dccf_node::proto::v1::CheckpointRequest>,
+    ) -> Result<Response<dccf_node::proto::v1::CheckpointResponse>, Status> {
+        Err(Status::unimplemented("not in this stand-in"))
+    }
+
+    async fn submit_cosignature(
+        &self,
+        _request: Request<dccf_node::proto::v1::CosignatureRequest>,
+    ) -> Result<Response<dccf_node::proto::v1::CosignatureResponse>, Status> {
+        Err(Status::unimplemented("not in this stand-in"))
+    }
 }
 
 #[derive(Debug)]

@@ -400,6 +400,7 @@ pub fn init(
         gateway_listen,
         agreements_dir: "agreements".into(),
         limits: Limits::default(),
+        ledger: Default::default(),
     };
     crate::identity::keyfile::write_public(
         &staging.path().join("node.toml"),
@@ -461,6 +462,21 @@ pub async fn gateway_client(
 pub fn gateway_client_for(
     config: &NodeConfig,
 ) -> Result<GatewayClient<tonic::transport::Channel>, CliError> {
+    let paths = config.identity_paths();
+    let channel = local_channel(config, &paths.gateway_cert(), &paths.gateway_key())?;
+    let limits = &config.limits;
+    Ok(GatewayClient::new(channel)
+        .max_decoding_message_size(limits.max_message_bytes + 64 * 1024)
+        .max_encoding_message_size(limits.max_message_bytes + 64 * 1024))
+}
+
+/// A channel to the Gateway listener of the node configured by `config`, presenting the client
+/// certificate `cert`/`key` (gateway or auditor role) and trusting only the node's own CA.
+pub fn local_channel(
+    config: &NodeConfig,
+    cert: &Path,
+    key: &Path,
+) -> Result<tonic::transport::Channel, CliError> {
     use crate::server::tls;
     let paths = config.identity_paths();
     let card = PartyCard::from_toml(
@@ -472,8 +488,8 @@ pub fn gateway_client_for(
     let ca = tls::load_certs(&paths.ca_cert()).map_err(err)?;
     let tls_config = tls::client_config(
         &[ca[0].to_vec()],
-        tls::load_certs(&paths.gateway_cert()).map_err(err)?,
-        tls::load_key(&paths.gateway_key()).map_err(err)?,
+        tls::load_certs(cert).map_err(err)?,
+        tls::load_key(key).map_err(err)?,
     )
     .map_err(err)?;
     let mut addr = config.gateway_listen;
@@ -481,7 +497,7 @@ pub fn gateway_client_for(
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let limits = &config.limits;
-    let channel = crate::delivery::peers::tls_channel(
+    crate::delivery::peers::tls_channel(
         &addr.to_string(),
         server_name,
         tls_config,
@@ -490,10 +506,7 @@ pub fn gateway_client_for(
             limits.connect_timeout_secs + limits.request_timeout_secs + 10,
         ),
     )
-    .map_err(err)?;
-    Ok(GatewayClient::new(channel)
-        .max_decoding_message_size(limits.max_message_bytes + 64 * 1024)
-        .max_encoding_message_size(limits.max_message_bytes + 64 * 1024))
+    .map_err(err)
 }
 
 /// The JSON file `send` reads.

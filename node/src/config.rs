@@ -58,6 +58,34 @@ pub struct NodeConfig {
     /// Limits and timeouts; every field has a safe default.
     #[serde(default)]
     pub limits: Limits,
+    /// Ledger checkpoints and witnessing; every field has a default.
+    #[serde(default)]
+    pub ledger: LedgerSettings,
+}
+
+/// How the node publishes signed checkpoints of its ledger and witnesses its partners' ledgers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// Checkpoint origin (C2SP `tlog-checkpoint` first line, also the note signer and cosigner
+    /// name). Must end with `/<admin>`, so partners and auditors can tell whose log it is.
+    /// Default: `dccf.example/<admin>`.
+    pub origin: Option<String>,
+    /// How often a new checkpoint is signed when the ledger has grown, milliseconds.
+    pub checkpoint_interval_ms: u64,
+    /// How often each partner's latest checkpoint is fetched, checked for consistency with the
+    /// last one seen and cosigned, milliseconds.
+    pub witness_interval_ms: u64,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            origin: None,
+            checkpoint_interval_ms: 10_000,
+            witness_interval_ms: 30_000,
+        }
+    }
 }
 
 /// Bounds that protect the node from slow, large or stale input.
@@ -165,7 +193,44 @@ impl NodeConfig {
                 "concurrency limits must be greater than 0".into(),
             ));
         }
+        let origin = self.origin();
+        let suffix = format!("/{}", self.admin);
+        if !origin.ends_with(&suffix)
+            || origin.len() == suffix.len()
+            || origin.contains('+')
+            || origin.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "ledger.origin",
+                format!(
+                    "{origin:?} must be a schema-less name ending in {suffix:?}, without spaces \
+                     or '+' (e.g. \"dccf.example{suffix}\")"
+                ),
+            ));
+        }
+        for (field, v) in [
+            (
+                "ledger.checkpoint_interval_ms",
+                self.ledger.checkpoint_interval_ms,
+            ),
+            (
+                "ledger.witness_interval_ms",
+                self.ledger.witness_interval_ms,
+            ),
+        ] {
+            if !(50..=86_400_000).contains(&v) {
+                return Err(invalid(field, format!("{v} is outside 50..=86400000")));
+            }
+        }
         Ok(())
+    }
+
+    /// The ledger's checkpoint origin (see [`LedgerSettings::origin`]).
+    pub fn origin(&self) -> String {
+        self.ledger
+            .origin
+            .clone()
+            .unwrap_or_else(|| format!("dccf.example/{}", self.admin))
     }
 
     /// Paths of this node's identity files.
@@ -216,7 +281,18 @@ request_timeout_secs = {request_timeout_secs}
 max_concurrent_streams = {max_concurrent_streams}
 # Simultaneous TLS handshakes in progress per listener.
 max_pending_handshakes = {max_pending_handshakes}
+
+[ledger]
+# Checkpoint origin: names this ledger in signed checkpoints; must end with "/{admin}".
+origin = "{origin}"
+# Sign a new checkpoint this often when the ledger has grown, milliseconds.
+checkpoint_interval_ms = {checkpoint_interval_ms}
+# Fetch, check and cosign each partner's checkpoint this often, milliseconds.
+witness_interval_ms = {witness_interval_ms}
 "#,
+            origin = self.origin(),
+            checkpoint_interval_ms = self.ledger.checkpoint_interval_ms,
+            witness_interval_ms = self.ledger.witness_interval_ms,
             admin = self.admin,
             data_dir = self.data_dir.display(),
             listen = self.listen,
@@ -260,6 +336,7 @@ mod tests {
             gateway_listen: "127.0.0.1:7101".parse().unwrap(),
             agreements_dir: "agreements".into(),
             limits: Limits::default(),
+            ledger: LedgerSettings::default(),
         }
     }
 
@@ -318,6 +395,16 @@ mod tests {
                 "listen = \"127.0.0.1:7001\"",
                 "listen = \"not an address\"",
                 "listen",
+            ),
+            (
+                "origin = \"dccf.example/NL\"",
+                "origin = \"dccf.example/BR\"",
+                "ledger.origin",
+            ),
+            (
+                "checkpoint_interval_ms = 10000",
+                "checkpoint_interval_ms = 0",
+                "ledger.checkpoint_interval_ms",
             ),
         ];
         for (from, to, field) in cases {

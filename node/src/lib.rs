@@ -27,6 +27,7 @@
 
 pub mod agreement;
 pub mod bench;
+pub mod checkpoints;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -39,3 +40,4 @@ pub mod proto;
 pub mod samples;
 pub mod server;
 pub mod state;
+pub mod witness;

@@ -29,6 +29,9 @@ pub enum StateError {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The ledger's signed checkpoint does not match the ledger, or could not be checked.
+    #[error("ledger checkpoint: {0}")]
+    Checkpoint(#[from] crate::checkpoints::CheckpointError),
 }
 
 /// Everything the services of one node share.
@@ -40,6 +43,8 @@ pub struct NodeState {
     pub identity: NodeIdentity,
     /// The ledger store (also holds inbox and dedupe records).
     pub store: Store,
+    /// Signed checkpoints of the ledger and the cosignatures partners returned.
+    pub checkpoints: crate::checkpoints::Checkpoints,
     /// Clients for partner nodes.
     pub peers: PeerClients,
     /// This administration's CA certificate (DER).
@@ -68,10 +73,16 @@ impl NodeState {
         );
         let store = Store::open(&config.ledger_dir())?;
         let onward_salt = crate::delivery::onward::salt(&store)?;
+        let checkpoints = crate::checkpoints::Checkpoints::open(
+            store.clone(),
+            &config.origin(),
+            identity.signing.signing_key().clone(),
+        )?;
         let state = NodeState {
             config,
             identity,
             store,
+            checkpoints,
             peers,
             own_ca_der,
             rates: Default::default(),
@@ -176,9 +187,10 @@ impl NodeState {
             } else {
                 st.reason.clone()
             };
-            txn.append(crate::ledger::entry::leaf(&entry(
-                kind, &st.id, st.version, digest, detail,
-            )));
+            crate::ledger::entry::append(
+                &mut txn,
+                &entry(kind, &st.id, st.version, digest, detail),
+            );
             changed = true;
             let value = if st.active {
                 ACTIVE
@@ -194,13 +206,10 @@ impl NodeState {
                     String::from_utf8_lossy(&key[AGREEMENT_STATUS.len()..]).into_owned();
                 let digest = hex::decode(&hex_digest).unwrap_or_default();
                 let detail = "removed from the agreements directory".to_owned();
-                txn.append(crate::ledger::entry::leaf(&entry(
-                    EntryKind::AgreementDeactivated,
-                    "",
-                    0,
-                    digest,
-                    detail,
-                )));
+                crate::ledger::entry::append(
+                    &mut txn,
+                    &entry(EntryKind::AgreementDeactivated, "", 0, digest, detail),
+                );
                 txn.remove(key)?;
                 changed = true;
             }
@@ -279,7 +288,8 @@ pub struct BackOfficeTrust {
 
 impl TrustSource for BackOfficeTrust {
     fn cas_for(&self, admin: &str, role: Role) -> Vec<Vec<u8>> {
-        if admin == self.admin && role == Role::Gateway {
+        // Gateway and Audit share the listener; each service checks the role it needs.
+        if admin == self.admin && matches!(role, Role::Gateway | Role::Auditor) {
             vec![self.ca_der.clone()]
         } else {
             Vec::new()

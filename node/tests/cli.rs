@@ -333,7 +333,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Option<Vec<u8>>)> {
 }
 
 /// The files `init` must create, relative to the data directory.
-const INIT_FILES: [&str; 11] = [
+const INIT_FILES: [&str; 13] = [
     "node.toml",
     "party.toml",
     "keys/signing.key",
@@ -344,6 +344,8 @@ const INIT_FILES: [&str; 11] = [
     "tls/node.key",
     "tls/gateway-client.pem",
     "tls/gateway-client.key",
+    "tls/auditor-client.pem",
+    "tls/auditor-client.key",
     "agreements",
 ];
 
@@ -386,8 +388,8 @@ fn init_creates_identity_files_with_private_keys_0600_and_prints_the_party_card(
         .collect();
     assert_eq!(
         keys.len(),
-        5,
-        "expected signing, hpke, ca, node and gateway-client keys, found {keys:?}"
+        6,
+        "expected signing, hpke, ca, node, gateway-client and auditor-client keys, found {keys:?}"
     );
     for key in &keys {
         assert_eq!(

@@ -220,13 +220,16 @@ async fn accept(
     let received_at_ms = now_ms();
     let (index, head) = {
         let mut txn = state.store.begin();
-        let index = txn.append(entry::leaf(&entry::about_envelope(
-            EntryKind::EnvelopeReceived,
-            envelope,
-            digest,
-            &header.message_id,
-            &header.sender,
-        )));
+        let index = entry::append(
+            &mut txn,
+            &entry::about_envelope(
+                EntryKind::EnvelopeReceived,
+                envelope,
+                digest,
+                &header.message_id,
+                &header.sender,
+            ),
+        );
         let head = txn.staged_head();
         txn.commit();
         (index, head)
@@ -238,20 +241,23 @@ async fn accept(
         envelope_digest: digest.to_vec(),
         ledger_index: index,
         received_at_ms,
-        checkpoint: String::new(),
+        checkpoint: state.checkpoints.latest_cosigned().unwrap_or_default(),
         ledger_size: head.size,
         ledger_root: head.root.to_vec(),
     };
     let receipt = sign_receipt(&body, state.identity.signing.signing_key());
     let ticket = {
         let mut txn = state.store.begin();
-        txn.append(entry::leaf(&entry::about_receipt(
-            EntryKind::ReceiptIssued,
-            &receipt,
-            digest,
-            &header.message_id,
-            &header.sender,
-        )));
+        entry::append(
+            &mut txn,
+            &entry::about_receipt(
+                EntryKind::ReceiptIssued,
+                &receipt,
+                digest,
+                &header.message_id,
+                &header.sender,
+            ),
+        );
         let record = ReceivedRecord {
             envelope_digest: digest.to_vec(),
             ledger_index: index,
@@ -331,7 +337,7 @@ async fn record_refusal(
     let rejected = entry::with_refusal(rejected, refusal.reason, &refusal.message);
     let ticket = {
         let mut txn = state.store.begin();
-        txn.append(entry::leaf(&rejected));
+        entry::append(&mut txn, &rejected);
         txn.commit()
     };
     if let Err(e) = ticket.durable().await {

@@ -142,7 +142,7 @@ pub async fn send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRespon
         );
         let ticket = {
             let mut txn = state.store.begin();
-            txn.append(entry::leaf(&e));
+            entry::append(&mut txn, &e);
             txn.commit()
         };
         ticket
@@ -305,13 +305,16 @@ async fn checked_send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRe
             let digest = envelope_digest(&envelope);
             let (index, ticket) = {
                 let mut txn = state.store.begin();
-                let index = txn.append(entry::leaf(&entry::about_envelope(
-                    EntryKind::EnvelopeSent,
-                    &envelope,
-                    &digest,
-                    &message_id,
-                    &req.recipient,
-                )));
+                let index = entry::append(
+                    &mut txn,
+                    &entry::about_envelope(
+                        EntryKind::EnvelopeSent,
+                        &envelope,
+                        &digest,
+                        &message_id,
+                        &req.recipient,
+                    ),
+                );
                 let record = SentRecord {
                     envelope: Some(envelope.clone()),
                     sent_ledger_index: index,
@@ -406,13 +409,16 @@ async fn deliver(
     })?;
     let ticket = {
         let mut txn = state.store.begin();
-        txn.append(entry::leaf(&entry::about_receipt(
-            EntryKind::ReceiptReceived,
-            &receipt,
-            digest,
-            message_id,
-            &admin,
-        )));
+        entry::append(
+            &mut txn,
+            &entry::about_receipt(
+                EntryKind::ReceiptReceived,
+                &receipt,
+                digest,
+                message_id,
+                &admin,
+            ),
+        );
         let record = SentRecord {
             envelope: Some(envelope),
             sent_ledger_index: sent_index,
@@ -459,7 +465,7 @@ async fn record_failure(
     );
     let ticket = {
         let mut txn = state.store.begin();
-        txn.append(entry::leaf(&e));
+        entry::append(&mut txn, &e);
         txn.commit()
     };
     if let Err(err) = ticket.durable().await {

@@ -69,7 +69,7 @@ pub async fn sweep(state: &NodeState, now_ms: i64) -> Result<usize, RetentionErr
                 ),
                 ..Default::default()
             };
-            txn.append(entry::leaf(&e));
+            entry::append(&mut txn, &e);
         }
         txn.commit()
     };

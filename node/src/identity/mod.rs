@@ -11,7 +11,8 @@
 //! - the **node certificate** (`tls/node.pem`, `tls/node.key`): TLS server towards partners and the
 //!   local clients, TLS client towards partners;
 //! - a **gateway client certificate** (`tls/gateway-client.pem`, `tls/gateway-client.key`) for the
-//!   administration's back-office systems;
+//!   administration's back-office systems, and an **auditor client certificate**
+//!   (`tls/auditor-client.pem`, `tls/auditor-client.key`) for the `Audit` service;
 //! - its **party card** (`party.toml`): admin id, endpoint, both public keys and the CA certificate.
 //!   This is what partners put into agreements; trust comes from agreements, not from a directory.
 //!
@@ -226,13 +227,23 @@ impl IdentityPaths {
         self.dir.join("tls").join("gateway-client.key")
     }
 
+    /// An auditor's client certificate (Audit service): `tls/auditor-client.pem`.
+    pub fn auditor_cert(&self) -> PathBuf {
+        self.dir.join("tls").join("auditor-client.pem")
+    }
+
+    /// An auditor's client private key: `tls/auditor-client.key`.
+    pub fn auditor_key(&self) -> PathBuf {
+        self.dir.join("tls").join("auditor-client.key")
+    }
+
     /// The administration's party card: `party.toml`.
     pub fn party_card(&self) -> PathBuf {
         self.dir.join("party.toml")
     }
 
     /// Every file [`NodeIdentity::generate_all`] writes.
-    fn generated_files(&self) -> [PathBuf; 9] {
+    fn generated_files(&self) -> [PathBuf; 11] {
         [
             self.signing_key(),
             self.hpke_key(),
@@ -242,6 +253,8 @@ impl IdentityPaths {
             self.node_key(),
             self.gateway_cert(),
             self.gateway_key(),
+            self.auditor_cert(),
+            self.auditor_key(),
             self.party_card(),
         ]
     }
@@ -262,7 +275,7 @@ impl NodeIdentity {
     /// Creates an administration's complete identity in `paths` and returns its party card.
     ///
     /// Generates the signing key, the HPKE key pair, the CA, the node certificate and the gateway
-    /// client certificate, and writes them together with the party card. The node certificate names
+    /// and auditor client certificates, and writes them together with the party card. The node certificate names
     /// `listen_host`, the endpoint's host (what partners dial) and, for a loopback listen address,
     /// `localhost`; an unspecified listen address (`0.0.0.0`, `::`) is not a verifiable name and is
     /// left out. Nothing is written unless every input is valid and none of the files exists yet.
@@ -292,6 +305,7 @@ impl NodeIdentity {
             node_cert_hosts(listen_host, &endpoint_host),
         ))?;
         let gateway = ca.issue(&CertRequest::new(admin, Role::Gateway, Vec::new()))?;
+        let auditor = ca.issue(&CertRequest::new(admin, Role::Auditor, Vec::new()))?;
 
         // Check everything up front so that a second `init` fails before touching anything.
         if let Some(existing) = paths
@@ -306,6 +320,7 @@ impl NodeIdentity {
         ca.save(&paths.ca_cert(), &paths.ca_key())?;
         node.save(&paths.node_cert(), &paths.node_key())?;
         gateway.save(&paths.gateway_cert(), &paths.gateway_key())?;
+        auditor.save(&paths.auditor_cert(), &paths.auditor_key())?;
         card.save(&paths.party_card())?;
         Ok(card)
     }

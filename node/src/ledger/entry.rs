@@ -56,6 +56,49 @@ pub fn with_refusal(mut entry: LedgerEntry, reason: RejectReason, detail: &str) 
     entry
 }
 
+/// Key prefix of the message-id index: `q/` + u16 BE id length + id + u64 BE entry index.
+const BY_MESSAGE: &[u8] = b"q/";
+
+fn message_prefix(message_id: &str) -> Vec<u8> {
+    let len = u16::try_from(message_id.len()).unwrap_or(u16::MAX);
+    [BY_MESSAGE, &len.to_be_bytes(), message_id.as_bytes()].concat()
+}
+
+/// Appends `entry` to `txn` and, when it names a message, indexes it by message id (same atomic
+/// unit), so auditors can ask for every entry about a message. Returns the entry's index.
+pub fn append(txn: &mut crate::ledger::Txn<'_>, entry: &LedgerEntry) -> u64 {
+    let index = txn.append(leaf(entry));
+    if !entry.message_id.is_empty() && entry.message_id.len() <= usize::from(u16::MAX) {
+        let key = [
+            message_prefix(&entry.message_id),
+            index.to_be_bytes().to_vec(),
+        ]
+        .concat();
+        // `q/` is outside the ledger's reserved key space, so this cannot be refused.
+        let indexed = txn.put(key, Vec::new());
+        debug_assert!(indexed.is_ok());
+    }
+    index
+}
+
+/// Indices of every durable entry about `message_id`, in log order.
+pub fn indices_of(
+    store: &crate::ledger::Store,
+    message_id: &str,
+) -> Result<Vec<u64>, crate::ledger::LedgerError> {
+    let prefix = message_prefix(message_id);
+    Ok(store
+        .scan_prefix(&prefix)?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            k.get(prefix.len()..)?
+                .try_into()
+                .ok()
+                .map(u64::from_be_bytes)
+        })
+        .collect())
+}
+
 /// Serializes an entry to leaf bytes.
 pub fn leaf(entry: &LedgerEntry) -> Vec<u8> {
     entry.encode_to_vec()

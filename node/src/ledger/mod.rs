@@ -19,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod entry;
+pub mod export;
 pub mod merkle;
 pub mod proof;
 pub mod store;

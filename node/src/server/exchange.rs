@@ -9,7 +9,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::delivery::inbound;
 use crate::identity::pki::cert_identity;
 use crate::proto::v1::exchange_server::Exchange;
-use crate::proto::v1::{DeliveryResult, Envelope, Receipt, Rejection, delivery_result};
+use crate::proto::v1::{
+    CheckpointRequest, CheckpointResponse, CosignatureRequest, CosignatureResponse, DeliveryResult,
+    Envelope, Receipt, Rejection, delivery_result,
+};
 use crate::state::NodeState;
 
 /// Serves partner deliveries for one node.
@@ -23,6 +26,39 @@ impl ExchangeService {
     pub fn new(state: Arc<NodeState>) -> Self {
         ExchangeService { state }
     }
+}
+
+/// The latest checkpoint (publishing the first one if none yet), with its cosignatures and a
+/// consistency proof from `from_size`; shared by the Exchange and Audit services.
+pub(crate) async fn checkpoint_response(
+    state: &NodeState,
+    request: &CheckpointRequest,
+) -> Result<CheckpointResponse, Status> {
+    let internal = |e: String| Status::internal(format!("checkpoint: {e}"));
+    let latest = match (request.fresh, state.checkpoints.latest()) {
+        (false, Some(p)) => p,
+        _ => state
+            .checkpoints
+            .publish()
+            .await
+            .map_err(|e| internal(e.to_string()))?,
+    };
+    if request.from_size > latest.size {
+        return Err(Status::failed_precondition(format!(
+            "from_size {} is larger than the latest checkpoint's size {}",
+            request.from_size, latest.size
+        )));
+    }
+    let proof =
+        crate::ledger::proof::consistency_proof(&state.store, request.from_size, latest.size)
+            .map_err(|e| internal(e.to_string()))?;
+    Ok(CheckpointResponse {
+        checkpoint: state
+            .checkpoints
+            .with_cosignatures(latest.size, &latest.note)
+            .map_err(|e| internal(e.to_string()))?,
+        consistency_proof: proof.iter().map(|h| h.to_vec()).collect(),
+    })
 }
 
 /// The administration of the TLS client, as verified at the handshake.
@@ -46,6 +82,52 @@ impl Exchange for ExchangeService {
             .await
             .map(Response::new)
             .map_err(|r| r.to_status())
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<CheckpointRequest>,
+    ) -> Result<Response<CheckpointResponse>, Status> {
+        peer_admin(&request)?;
+        // Partners get the latest published checkpoint; only auditors may force a fresh one.
+        let req = CheckpointRequest {
+            fresh: false,
+            ..request.into_inner()
+        };
+        checkpoint_response(&self.state, &req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn submit_cosignature(
+        &self,
+        request: Request<CosignatureRequest>,
+    ) -> Result<Response<CosignatureResponse>, Status> {
+        let peer = peer_admin(&request)?;
+        let now = crate::envelope::now_ms();
+        let key = self
+            .state
+            .agreements()
+            .partner(self.state.admin(), &peer, now)
+            .map(|p| p.verifying_key)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "{peer} is not a partner under an agreement in force"
+                ))
+            })?;
+        let req = request.into_inner();
+        self.state
+            .checkpoints
+            .accept_cosignature(&peer, key, &req.checkpoint_text, &req.cosignature)
+            .await
+            .map(|()| Response::new(CosignatureResponse {}))
+            .map_err(|e| match e {
+                crate::checkpoints::CheckpointError::Cosignature(_)
+                | crate::checkpoints::CheckpointError::Note(_) => {
+                    Status::invalid_argument(e.to_string())
+                }
+                other => Status::internal(other.to_string()),
+            })
     }
 
     type DeliverStreamStream = Pin<Box<dyn Stream<Item = Result<DeliveryResult, Status>> + Send>>;

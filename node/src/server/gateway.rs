@@ -15,7 +15,8 @@ use crate::proto::v1::{
 use crate::state::NodeState;
 
 /// Serves the back office of one node. The TLS layer admits only this administration's
-/// certificates with role `gateway`.
+/// certificates (roles `gateway` and `auditor` share the listener); every call checks for role
+/// `gateway`.
 #[derive(Debug, Clone)]
 pub struct GatewayService {
     state: Arc<NodeState>,
@@ -34,6 +35,7 @@ const INBOX_PAGE: usize = 64;
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
         outbound::send(&self.state, request.into_inner())
             .await
             .map(Response::new)
@@ -46,6 +48,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<InboxRequest>,
     ) -> Result<Response<Self::InboxStream>, Status> {
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
         let drain_only = request.into_inner().drain_only;
         let state = self.state.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -88,8 +91,9 @@ impl Gateway for GatewayService {
 
     async fn reload_agreements(
         &self,
-        _request: Request<ReloadAgreementsRequest>,
+        request: Request<ReloadAgreementsRequest>,
     ) -> Result<Response<ReloadAgreementsResponse>, Status> {
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
         let agreements = self.state.reload_agreements().await.map_err(|e| {
             Status::failed_precondition(format!(
                 "reload refused, previous agreements stay in force: {e}"
@@ -99,6 +103,7 @@ impl Gateway for GatewayService {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
         let ids = request.into_inner().message_ids;
         if ids.len() > 10_000 {
             return Err(Status::invalid_argument(

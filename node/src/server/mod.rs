@@ -1,6 +1,7 @@
 //! The node's listeners: `Exchange` for partners and `Gateway` for the back office, each on its
 //! own port with its own client-certificate policy ([`tls`]).
 
+pub mod audit;
 pub mod exchange;
 pub mod gateway;
 pub mod tls;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::NodeConfig;
+use crate::proto::v1::audit_server::AuditServer;
 use crate::proto::v1::exchange_server::ExchangeServer;
 use crate::proto::v1::gateway_server::GatewayServer;
 use crate::state::{BackOfficeTrust, NodeState, PartnerTrust, StateError};
@@ -168,6 +170,7 @@ pub async fn start_on(
                     .max_decoding_message_size(max_frame)
                     .max_encoding_message_size(max_frame),
             )
+            .add_service(AuditServer::new(audit::AuditService::new(state.clone())))
             .serve_with_incoming_shutdown(
                 tls::incoming(
                     gateway,
@@ -201,13 +204,56 @@ pub async fn start_on(
             }
         })
     };
+    // Checkpoints: one right away, then whenever the ledger grew, every interval.
+    let checkpoint_task = {
+        let (state, mut stop) = (state.clone(), shutdown.subscribe());
+        let every = Duration::from_millis(state.config.ledger.checkpoint_interval_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = state.checkpoints.publish().await {
+                    tracing::error!(error = %e, "could not publish a ledger checkpoint");
+                }
+            }
+        })
+    };
+    // Witnessing: fetch, check and cosign every partner's checkpoint each interval.
+    let witness_task = {
+        let (state, mut stop) = (state.clone(), shutdown.subscribe());
+        let every = Duration::from_millis(state.config.ledger.witness_interval_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                    () = crate::witness::round(&state) => {}
+                }
+            }
+        })
+    };
     tracing::info!(admin = state.admin(), %exchange_addr, %gateway_addr, "node serving");
     Ok(RunningNode {
         exchange_addr,
         gateway_addr,
         state,
         shutdown,
-        tasks: vec![exchange_task, gateway_task, lifecycle_task],
+        tasks: vec![
+            exchange_task,
+            gateway_task,
+            lifecycle_task,
+            checkpoint_task,
+            witness_task,
+        ],
     })
 }
 

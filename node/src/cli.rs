@@ -86,6 +86,18 @@ pub enum Command {
         #[command(subcommand)]
         action: AgreementAction,
     },
+    /// Inspect, export, verify and reconcile ledgers (auditor tools).
+    Ledger {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::ledger_commands::LedgerAction,
+    },
+    /// Issue client certificates from this administration's CA.
+    Cert {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::ledger_commands::CertAction,
+    },
     /// Measure performance; every suite prints a table, or one JSON object with --json.
     Bench {
         /// Which suite.
@@ -273,6 +285,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             };
             emit(&text)
         }
+        Command::Ledger { action } => {
+            let text = crate::ledger_commands::run_ledger(action)
+                .await
+                .map_err(err)?;
+            emit(&text)
+        }
+        Command::Cert { action } => emit(&crate::ledger_commands::run_cert(action).map_err(err)?),
         Command::Bench { suite } => crate::bench::run(suite).await.map_err(err),
     }
 }

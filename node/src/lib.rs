@@ -35,6 +35,7 @@ pub mod demo;
 pub mod envelope;
 pub mod identity;
 pub mod ledger;
+pub mod ledger_commands;
 pub mod policy;
 pub mod proto;
 pub mod samples;

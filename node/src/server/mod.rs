@@ -212,12 +212,16 @@ pub async fn start_on(
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                    _ = tick.tick() => {}
-                }
+                let stopping = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => true,
+                    _ = tick.tick() => false,
+                };
+                // A last checkpoint on shutdown covers everything the node acknowledged.
                 if let Err(e) = state.checkpoints.publish().await {
                     tracing::error!(error = %e, "could not publish a ledger checkpoint");
+                }
+                if stopping {
+                    return Ok(());
                 }
             }
         })

@@ -1,0 +1,398 @@
+//! `dccf-node ledger …` and `dccf-node cert …`: the auditor's and operator's ledger tools.
+//!
+//! `status` and `proof` read the ledger directly when the node is stopped, and ask the running
+//! node's `Audit` service (with the auditor certificate from `init`, or `--cert/--key`) when it
+//! holds the ledger. `export` needs the node stopped (it reads every entry from the database).
+//! `verify` and `reconcile` work offline on export directories only.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::checkpoints::Checkpoints;
+use crate::config::NodeConfig;
+use crate::identity::NodeIdentity;
+use crate::identity::pki::{CertRequest, CertificateAuthority, Role};
+use crate::ledger::{LedgerError, Store, entry, export, proof};
+use crate::proto::v1::audit_client::AuditClient;
+use crate::proto::v1::{
+    CheckpointRequest, InclusionProofRequest, LedgerStatus, LedgerStatusRequest,
+    inclusion_proof_request,
+};
+
+/// `dccf-node ledger` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LedgerAction {
+    /// Ledger size and root, latest checkpoint, cosignatures, witnessed partners and alarms.
+    Status {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Auditor client certificate (default: tls/auditor-client.pem) when the node runs.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Its private key (default: tls/auditor-client.key).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+    /// Write the ledger as a C2SP tlog-tiles directory with checkpoint, vkey and cosignatures
+    /// (the node must be stopped).
+    Export {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Directory to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an export offline: signatures, every entry and tile, root, cosignatures.
+    Verify {
+        /// The export directory.
+        dir: PathBuf,
+    },
+    /// Print a C2SP tlog-proof of the ledger entry about a message (or of entry --index).
+    Proof {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Message id: proves the first entry about it (others are listed on stderr).
+        #[arg(long, conflicts_with = "index", required_unless_present = "index")]
+        message_id: Option<String>,
+        /// Entry index.
+        #[arg(long)]
+        index: Option<u64>,
+        /// Auditor client certificate (default: tls/auditor-client.pem) when the node runs.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Its private key (default: tls/auditor-client.key).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+    /// Check two partners' exports against each other; non-zero exit on any discrepancy.
+    Reconcile {
+        /// First export directory.
+        a: PathBuf,
+        /// Second export directory.
+        b: PathBuf,
+    },
+}
+
+/// `dccf-node cert` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertAction {
+    /// Issue a client certificate from this administration's CA (e.g. for an auditor).
+    Issue {
+        /// Path to node.toml (its CA signs).
+        #[arg(long)]
+        config: PathBuf,
+        /// Role: auditor (Audit service) or gateway (back office).
+        #[arg(long)]
+        role: Role,
+        /// Output prefix: writes PREFIX.pem (certificate) and PREFIX.key (0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Errors of these commands: one line for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandError(String);
+
+fn err(e: impl std::fmt::Display) -> CommandError {
+    CommandError(crate::config::one_line(&e.to_string()))
+}
+
+/// Runs a ledger command; returns what to print on stdout.
+pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
+    match action {
+        LedgerAction::Status { config, cert, key } => {
+            let config = NodeConfig::load(&config).map_err(err)?;
+            let status = match open_local(&config)? {
+                Some((store, cps)) => crate::server::audit::status(&store, &cps).map_err(err)?,
+                None => {
+                    let mut client = audit_client(&config, cert, key)?;
+                    client
+                        .get_status(LedgerStatusRequest {})
+                        .await
+                        .map_err(|s| err(format!("Audit.GetStatus: {}", s.message())))?
+                        .into_inner()
+                }
+            };
+            Ok(format_status(&status))
+        }
+        LedgerAction::Export { config, out } => {
+            let config = NodeConfig::load(&config).map_err(err)?;
+            let Some((store, cps)) = open_local(&config)? else {
+                return Err(err(format!(
+                    "the node is running (it holds {}); stop it to export, or fetch entries \
+                     and proofs through the Audit service",
+                    config.ledger_dir().display()
+                )));
+            };
+            cps.publish().await.map_err(err)?;
+            let checkpoint = cps.latest_cosigned().map_err(err)?;
+            let cosigned: Vec<String> = cps
+                .cosigned_notes()
+                .map_err(err)?
+                .into_iter()
+                .map(|(_, note)| note)
+                .collect();
+            let witnesses: Vec<String> = cps
+                .witnesses()
+                .map_err(err)?
+                .into_iter()
+                .map(|(vkey, _)| vkey)
+                .collect();
+            let summary = export::write_export(
+                &store,
+                &export::ExportInput {
+                    checkpoint: &checkpoint,
+                    vkey: &cps.vkey(),
+                    cosigned: &cosigned,
+                    witnesses: &witnesses,
+                },
+                &out,
+            )
+            .map_err(err)?;
+            store.close().map_err(err)?;
+            Ok(format!(
+                "exported {} entries of {} to {} ({} tiles, {} entry bundles, {} cosigned \
+                 checkpoints); check it with `dccf-node ledger verify {}`",
+                summary.size,
+                cps.origin(),
+                out.display(),
+                summary.tiles,
+                summary.bundles,
+                summary.cosigned,
+                out.display()
+            ))
+        }
+        LedgerAction::Verify { dir } => {
+            let r = export::verify_export(&dir).map_err(err)?;
+            let mut text = format!(
+                "OK {}: {} entries, root {}, {} tiles, every entry, tile and signature verified",
+                r.origin,
+                r.size,
+                hex::encode(r.root),
+                r.tiles
+            );
+            for (witness, size) in &r.cosignatures {
+                text.push_str(&format!("\ncosigned by {witness} at size {size}"));
+            }
+            Ok(text)
+        }
+        LedgerAction::Proof {
+            config,
+            message_id,
+            index,
+            cert,
+            key,
+        } => {
+            let config = NodeConfig::load(&config).map_err(err)?;
+            match open_local(&config)? {
+                Some((store, cps)) => local_proof(&store, &cps, message_id, index).await,
+                None => {
+                    let mut client = audit_client(&config, cert, key)?;
+                    let target = match (message_id, index) {
+                        (Some(id), _) => inclusion_proof_request::Target::MessageId(id),
+                        (None, Some(i)) => inclusion_proof_request::Target::Index(i),
+                        (None, None) => return Err(err("give --message-id or --index")),
+                    };
+                    // A fresh checkpoint, so the newest entries are covered.
+                    client
+                        .get_checkpoint(CheckpointRequest {
+                            from_size: 0,
+                            fresh: true,
+                        })
+                        .await
+                        .map_err(|s| err(format!("Audit.GetCheckpoint: {}", s.message())))?;
+                    let response = client
+                        .get_inclusion_proof(InclusionProofRequest {
+                            target: Some(target),
+                        })
+                        .await
+                        .map_err(|s| err(format!("Audit.GetInclusionProof: {}", s.message())))?
+                        .into_inner();
+                    let mut proofs = response.proofs.into_iter();
+                    let first = proofs
+                        .next()
+                        .ok_or_else(|| err("the node returned no proof"))?;
+                    for other in proofs {
+                        if let Some(e) = other.entry {
+                            eprintln!("also about this message: entry {}", e.index);
+                        }
+                    }
+                    Ok(first.tlog_proof.trim_end().to_owned())
+                }
+            }
+        }
+        LedgerAction::Reconcile { a, b } => {
+            let report = export::reconcile(&a, &b).map_err(err)?;
+            let mut text = format!(
+                "{} <-> {}: {} messages recorded consistently on both sides, {} discrepancies",
+                report.a,
+                report.b,
+                report.matched,
+                report.discrepancies.len()
+            );
+            for d in &report.discrepancies {
+                text.push_str(&format!("\n{d}"));
+            }
+            if report.discrepancies.is_empty() {
+                Ok(text)
+            } else {
+                // The report is the diagnosis: print it all, then fail.
+                println!("{text}");
+                Err(err(format!(
+                    "{} discrepancies between {} and {}",
+                    report.discrepancies.len(),
+                    report.a,
+                    report.b
+                )))
+            }
+        }
+    }
+}
+
+/// Runs a cert command; returns what to print.
+pub fn run_cert(action: CertAction) -> Result<String, CommandError> {
+    match action {
+        CertAction::Issue { config, role, out } => {
+            let config = NodeConfig::load(&config).map_err(err)?;
+            if role == Role::Node {
+                return Err(err(
+                    "--role node: node certificates are made by `init`; issue auditor or gateway",
+                ));
+            }
+            let paths = config.identity_paths();
+            let ca = CertificateAuthority::load(&paths.ca_cert(), &paths.ca_key()).map_err(err)?;
+            let issued = ca
+                .issue(&CertRequest::new(config.admin.clone(), role, Vec::new()))
+                .map_err(err)?;
+            let cert = out.with_extension("pem");
+            let key = out.with_extension("key");
+            issued.save(&cert, &key).map_err(err)?;
+            Ok(format!(
+                "issued a {role} certificate of {}: {} (key {}, mode 0600)",
+                config.admin,
+                cert.display(),
+                key.display()
+            ))
+        }
+    }
+}
+
+/// Opens the ledger and its checkpoints, or `None` if a running node holds it.
+fn open_local(config: &NodeConfig) -> Result<Option<(Store, Checkpoints)>, CommandError> {
+    let dir = config.ledger_dir();
+    if !dir.join("db").exists() {
+        return Err(err(format!(
+            "{}: no ledger here (has this node ever run?)",
+            dir.display()
+        )));
+    }
+    let store = match Store::open(&dir) {
+        Ok(s) => s,
+        Err(LedgerError::Io { source, .. }) if source.to_string().contains("in use") => {
+            return Ok(None);
+        }
+        Err(e) => return Err(err(e)),
+    };
+    let identity = NodeIdentity::load(&config.identity_paths(), &config.admin).map_err(err)?;
+    let cps = Checkpoints::open(
+        store.clone(),
+        &config.origin(),
+        identity.signing.signing_key().clone(),
+    )
+    .map_err(err)?;
+    Ok(Some((store, cps)))
+}
+
+/// An Audit client for the running node, with the auditor certificate.
+fn audit_client(
+    config: &NodeConfig,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<AuditClient<tonic::transport::Channel>, CommandError> {
+    let paths = config.identity_paths();
+    let cert = cert.unwrap_or_else(|| paths.auditor_cert());
+    let key = key.unwrap_or_else(|| paths.auditor_key());
+    let channel = crate::cli::local_channel(config, &cert, &key).map_err(err)?;
+    Ok(AuditClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+/// `ledger proof` on a stopped node: signs a fresh checkpoint so every entry is covered.
+async fn local_proof(
+    store: &Store,
+    cps: &Checkpoints,
+    message_id: Option<String>,
+    index: Option<u64>,
+) -> Result<String, CommandError> {
+    let latest = cps.publish().await.map_err(err)?;
+    let indices = match (message_id, index) {
+        (Some(id), _) => {
+            let found = entry::indices_of(store, &id).map_err(err)?;
+            if found.is_empty() {
+                return Err(err(format!("no ledger entry about message {id:?}")));
+            }
+            found
+        }
+        (None, Some(i)) => vec![i],
+        (None, None) => return Err(err("give --message-id or --index")),
+    };
+    let index = indices[0];
+    for other in &indices[1..] {
+        eprintln!("also about this message: entry {other}");
+    }
+    if index >= latest.size {
+        return Err(err(format!(
+            "entry {index} does not exist (the ledger has {} entries)",
+            latest.size
+        )));
+    }
+    let hashes = proof::inclusion_proof(store, index, latest.size).map_err(err)?;
+    let note = cps.latest_cosigned().map_err(err)?;
+    let text = export::tlog_proof_text(index, &hashes, &note, None);
+    store.close().map_err(err)?;
+    Ok(text.trim_end().to_owned())
+}
+
+fn format_status(s: &LedgerStatus) -> String {
+    let mut out = format!(
+        "origin     {}\nsize       {}\nroot       {}\nvkey       {}\n",
+        s.origin,
+        s.size,
+        hex::encode(&s.root),
+        s.vkey
+    );
+    out.push_str("checkpoint\n");
+    for line in s.checkpoint.lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    if s.cosigned.is_empty() {
+        out.push_str("cosigned by: nobody yet\n");
+    }
+    for c in &s.cosigned {
+        out.push_str(&format!(
+            "cosigned by {c} (witness, largest cosigned size)\n"
+        ));
+    }
+    for w in &s.witnessed {
+        out.push_str(&format!("witnessing {w} (partner, last consistent size)\n"));
+    }
+    if s.alarms.is_empty() {
+        out.push_str("alarms: none");
+    } else {
+        out.push_str(&format!("ALARMS: {}", s.alarms.len()));
+        for a in &s.alarms {
+            out.push_str(&format!(
+                "\nALARM {} at {}: {}",
+                a.partner,
+                crate::agreement::format_ms(a.at_ms),
+                crate::config::one_line(&a.detail)
+            ));
+        }
+    }
+    out
+}

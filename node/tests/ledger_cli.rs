@@ -1,0 +1,257 @@
+//! Black-box tests of the auditor tools: `ledger status|export|verify|proof|reconcile` and
+//! `cert issue`, on ledgers written by a real federation (`demo --dir`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dccf_node::ledger::export::{self, parse_tlog_proof, verify_tlog_proof};
+use dccf_node::proto::v1::EntryKind;
+
+fn dccf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dccf-node"))
+        .args(args)
+        .env("DCCF_LOG", "error")
+        .output()
+        .expect("run dccf-node")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = dccf(args);
+    assert!(o.status.success(), "{args:?} failed\n{}", describe(&o));
+    stdout(&o)
+}
+
+/// Asserts a clean failure: non-zero exit, no panic, last stderr line `error: …`; returns it.
+fn fails(args: &[&str]) -> String {
+    let o = dccf(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{args:?} succeeded\n{}", describe(&o));
+    assert!(
+        o.status.code().is_some(),
+        "killed by a signal\n{}",
+        describe(&o)
+    );
+    assert!(!err.contains("panicked"), "panicked\n{}", describe(&o));
+    let line = err.trim_end().lines().last().unwrap_or_default().to_owned();
+    assert!(line.starts_with("error: "), "{}", describe(&o));
+    line
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// The leaf bytes of entry `index` of the (stopped) node whose config is `config`.
+fn leaf(config: &Path, index: u64) -> Vec<u8> {
+    let cfg = dccf_node::config::NodeConfig::load(config).expect("config");
+    let store = dccf_node::ledger::Store::open(&cfg.ledger_dir()).expect("open ledger");
+    let leaf = store.entry(index).expect("read").expect("entry exists");
+    store.close().expect("close");
+    leaf
+}
+
+fn check_proof(text: &str, config: &Path, vkey_file: &Path) -> u64 {
+    let proof = parse_tlog_proof(text).expect("tlog-proof parses");
+    let vkey = std::fs::read_to_string(vkey_file).expect("vkey");
+    verify_tlog_proof(&proof, &leaf(config, proof.index), vkey.trim_end())
+        .expect("tlog-proof verifies");
+    // The same proof with another entry's leaf does not.
+    let other = leaf(config, (proof.index + 1) % 3);
+    assert!(verify_tlog_proof(&proof, &other, vkey.trim_end()).is_err());
+    proof.index
+}
+
+#[test]
+fn ledger_tools_on_a_real_federation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fed = tmp.path().join("fed");
+    ok(&["demo", "--dir", s(&fed)]);
+    let cfg = |admin: &str| fed.join(admin).join("node.toml");
+    let exp = |name: &str| tmp.path().join(name);
+
+    // Status of a stopped node reads the ledger directly; partners cosigned during the demo.
+    let status = ok(&["ledger", "status", "--config", s(&cfg("NL"))]);
+    assert!(status.contains("origin     dccf.example/NL"), "{status}");
+    assert!(status.contains("cosigned by dccf.example/BR"), "{status}");
+    assert!(status.contains("witnessing BR"), "{status}");
+    assert!(status.contains("alarms: none"), "{status}");
+
+    // Export both partners and verify them offline.
+    for admin in ["NL", "BR"] {
+        let out = ok(&[
+            "ledger",
+            "export",
+            "--config",
+            s(&cfg(admin)),
+            "--out",
+            s(&exp(admin)),
+        ]);
+        assert!(out.contains(&format!("dccf.example/{admin}")), "{out}");
+        let verified = ok(&["ledger", "verify", s(&exp(admin))]);
+        assert!(
+            verified.starts_with(&format!("OK dccf.example/{admin}")),
+            "{verified}"
+        );
+        assert!(verified.contains("cosigned by"), "{verified}");
+        assert!(exp(admin).join("checkpoint").is_file());
+        assert!(exp(admin).join("vkey").is_file());
+        assert!(exp(admin).join("tile/entries/000.p").is_dir());
+    }
+    // An existing export is never overwritten.
+    let line = fails(&[
+        "ledger",
+        "export",
+        "--config",
+        s(&cfg("NL")),
+        "--out",
+        s(&exp("NL")),
+    ]);
+    assert!(line.contains(s(&exp("NL"))), "{line}");
+
+    // The two partners' records agree.
+    let reconciled = ok(&["ledger", "reconcile", s(&exp("NL")), s(&exp("BR"))]);
+    assert!(reconciled.contains("0 discrepancies"), "{reconciled}");
+    assert!(!reconciled.contains(" 0 messages recorded"), "{reconciled}");
+
+    // Proof by index and by message id, each a C2SP tlog-proof that verifies offline.
+    let by_index = ok(&["ledger", "proof", "--config", s(&cfg("NL")), "--index", "2"]);
+    assert!(
+        by_index.starts_with("c2sp.org/tlog-proof@v1\nindex 2\n"),
+        "{by_index}"
+    );
+    assert_eq!(
+        check_proof(&by_index, &cfg("NL"), &exp("NL").join("vkey")),
+        2
+    );
+    let (_, entries) = export::read_entries(&exp("BR")).expect("BR export reads");
+    let received = entries
+        .iter()
+        .find(|(_, e)| e.kind == EntryKind::EnvelopeReceived as i32)
+        .expect("BR received something");
+    let by_id = ok(&[
+        "ledger",
+        "proof",
+        "--config",
+        s(&cfg("BR")),
+        "--message-id",
+        &received.1.message_id,
+    ]);
+    assert_eq!(
+        check_proof(&by_id, &cfg("BR"), &exp("BR").join("vkey")),
+        received.0
+    );
+    let line = fails(&[
+        "ledger",
+        "proof",
+        "--config",
+        s(&cfg("BR")),
+        "--message-id",
+        "no-such-message",
+    ]);
+    assert!(line.contains("no-such-message"), "{line}");
+
+    // One changed byte in an entry bundle: verify names the entry, reconcile refuses.
+    let bundle = first_bundle(&exp("BR"));
+    let mut bytes = std::fs::read(&bundle).expect("bundle");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&bundle, bytes).expect("tamper");
+    let line = fails(&["ledger", "verify", s(&exp("BR"))]);
+    assert!(line.contains("entry"), "{line}");
+    fails(&["ledger", "reconcile", s(&exp("NL")), s(&exp("BR"))]);
+}
+
+fn first_bundle(dir: &Path) -> PathBuf {
+    let p = dir.join("tile/entries/000.p");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&p)
+        .expect("partial bundle dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files.remove(0)
+}
+
+#[test]
+fn cert_issue_writes_an_auditor_certificate_and_never_overwrites() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("nl");
+    ok(&[
+        "init",
+        "--admin",
+        "NL",
+        "--listen",
+        "127.0.0.1:45071",
+        "--dir",
+        s(&dir),
+    ]);
+    let config = dir.join("node.toml");
+    let out = dir.join("alice");
+    let printed = ok(&[
+        "cert",
+        "issue",
+        "--config",
+        s(&config),
+        "--role",
+        "auditor",
+        "--out",
+        s(&out),
+    ]);
+    assert!(printed.contains("auditor certificate of NL"), "{printed}");
+    let pem = std::fs::read(out.with_extension("pem")).expect("cert written");
+    let der = rustls_pki_types::CertificateDer::from(pem_to_der(&pem));
+    let id = dccf_node::identity::pki::cert_identity(&der).expect("identity");
+    assert_eq!(id.admin, "NL");
+    assert_eq!(id.role, dccf_node::identity::pki::Role::Auditor);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.with_extension("key"))
+        .expect("key written")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let line = fails(&[
+        "cert",
+        "issue",
+        "--config",
+        s(&config),
+        "--role",
+        "auditor",
+        "--out",
+        s(&out),
+    ]);
+    assert!(line.contains("alice"), "{line}");
+    let line = fails(&[
+        "cert",
+        "issue",
+        "--config",
+        s(&config),
+        "--role",
+        "node",
+        "--out",
+        s(&dir.join("n2")),
+    ]);
+    assert!(line.contains("--role node"), "{line}");
+    // A node that never ran has no ledger to show.
+    let line = fails(&["ledger", "status", "--config", s(&config)]);
+    assert!(line.contains("no ledger"), "{line}");
+}
+
+fn pem_to_der(pem: &[u8]) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem)
+        .expect("PEM certificate")
+        .to_vec()
+}

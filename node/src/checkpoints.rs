@@ -170,6 +170,19 @@ impl Checkpoints {
             .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
+    /// Every published checkpoint note, by size.
+    pub fn history(&self) -> Result<Vec<(u64, String)>, CheckpointError> {
+        Ok(self
+            .store
+            .scan_prefix(HISTORY)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let size = u64::from_be_bytes(k.get(HISTORY.len()..)?.try_into().ok()?);
+                Some((size, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect())
+    }
+
     /// `note` (of size `size`) with every stored cosignature line for that size appended.
     pub fn with_cosignatures(&self, size: u64, note: &str) -> Result<String, CheckpointError> {
         let lines: Vec<String> = self

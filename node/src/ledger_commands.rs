@@ -45,10 +45,16 @@ pub enum LedgerAction {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Check an export offline: signatures, every entry and tile, root, cosignatures.
+    /// Check an export offline (signatures, every entry and tile, root, cosignatures), or with
+    /// --config the node's own database (every entry, leaf hash and interior node, and every
+    /// checkpoint it signed); the node must be stopped for --config.
     Verify {
         /// The export directory.
-        dir: PathBuf,
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        dir: Option<PathBuf>,
+        /// Path to node.toml: verify the node's database instead of an export.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print a C2SP tlog-proof of the ledger entry about a message (or of entry --index).
     Proof {
@@ -168,7 +174,21 @@ pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
                 out.display()
             ))
         }
-        LedgerAction::Verify { dir } => {
+        LedgerAction::Verify {
+            config: Some(config),
+            ..
+        } => {
+            let config = NodeConfig::load(&config).map_err(err)?;
+            let Some((store, cps)) = open_local(&config)? else {
+                return Err(err(format!(
+                    "the node is running (it holds {}); stop it to verify its database",
+                    config.ledger_dir().display()
+                )));
+            };
+            verify_database(&store, &cps)
+        }
+        LedgerAction::Verify { dir, .. } => {
+            let dir = dir.ok_or_else(|| err("give an export directory or --config"))?;
             let r = export::verify_export(&dir).map_err(err)?;
             let mut text = format!(
                 "OK {}: {} entries, root {}, {} tiles, every entry, tile and signature verified",
@@ -320,6 +340,45 @@ fn audit_client(
     let key = key.unwrap_or_else(|| paths.auditor_key());
     let channel = crate::cli::local_channel(config, &cert, &key).map_err(err)?;
     Ok(AuditClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+/// Full check of a stopped node's database: the tree recomputed from every entry, and every
+/// checkpoint the node ever signed against it.
+fn verify_database(store: &Store, cps: &Checkpoints) -> Result<String, CommandError> {
+    // `Checkpoints::open` (in `open_local`) already checked the latest checkpoint.
+    let head = store.verify().map_err(err)?;
+    let verifier =
+        crate::ledger::checkpoint::NoteVerifier::from_key_string(&cps.vkey()).map_err(err)?;
+    let mut checked = 0usize;
+    for (size, note) in cps.history().map_err(err)? {
+        let text = verifier
+            .verify(&note)
+            .map_err(|e| err(format!("stored checkpoint of size {size}: {e}")))?;
+        let (_, signed_size, root) =
+            crate::ledger::checkpoint::parse_checkpoint(text).map_err(err)?;
+        if signed_size != size || signed_size > head.size {
+            return Err(err(format!(
+                "stored checkpoint of size {size} claims size {signed_size} (ledger has {})",
+                head.size
+            )));
+        }
+        if proof::root_at(store, size).map_err(err)? != root {
+            return Err(err(format!(
+                "the ledger's root at size {size} differs from the checkpoint signed at that size \
+                 (history was rewritten)"
+            )));
+        }
+        checked += 1;
+    }
+    store.close().map_err(err)?;
+    Ok(format!(
+        "OK {}: {} entries, root {}; every entry, leaf hash and interior node recomputed; {} \
+         signed checkpoints match",
+        cps.origin(),
+        head.size,
+        hex::encode(head.root),
+        checked
+    ))
 }
 
 /// `ledger proof` on a stopped node: signs a fresh checkpoint so every entry is covered.

@@ -255,3 +255,97 @@ fn pem_to_der(pem: &[u8]) -> Vec<u8> {
         .expect("PEM certificate")
         .to_vec()
 }
+
+/// Copies a stopped node's data directory (to tamper with one copy per scenario).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Applies `tamper` to the raw sled database of a copy of `node_dir`; returns the copy's config.
+fn tampered_copy(node_dir: &Path, to: &Path, tamper: impl FnOnce(&sled::Db)) -> PathBuf {
+    copy_dir(node_dir, to);
+    let db = sled::open(to.join("ledger")).expect("raw sled");
+    tamper(&db);
+    db.flush().expect("flush");
+    drop(db);
+    to.join("node.toml")
+}
+
+fn index_key(prefix: u8, index: u64) -> Vec<u8> {
+    [&[prefix][..], &index.to_be_bytes()].concat()
+}
+
+#[test]
+fn ledger_verify_detects_a_tampered_database() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fed = tmp.path().join("fed");
+    ok(&["demo", "--dir", s(&fed)]);
+    let nl = fed.join("NL");
+    let verified = ok(&["ledger", "verify", "--config", s(&nl.join("node.toml"))]);
+    assert!(verified.starts_with("OK dccf.example/NL"), "{verified}");
+    assert!(verified.contains("signed checkpoints match"), "{verified}");
+
+    // 1. One entry rewritten in place.
+    let config = tampered_copy(&nl, &tmp.path().join("t1"), |db| {
+        let mut leaf = db.get(index_key(b'e', 3)).unwrap().unwrap().to_vec();
+        leaf[0] ^= 0x01;
+        db.insert(index_key(b'e', 3), leaf).unwrap();
+    });
+    let line = fails(&["ledger", "verify", "--config", s(&config)]);
+    assert!(line.contains("entry 3"), "{line}");
+
+    // 2. The entry and its leaf hash rewritten together: the interior nodes disagree.
+    let config = tampered_copy(&nl, &tmp.path().join("t2"), |db| {
+        let mut leaf = db.get(index_key(b'e', 2)).unwrap().unwrap().to_vec();
+        leaf[0] ^= 0x01;
+        let hash = dccf_node::ledger::merkle::leaf_hash(&leaf);
+        db.insert(index_key(b'e', 2), leaf).unwrap();
+        db.insert(index_key(b'h', 2), hash.to_vec()).unwrap();
+    });
+    let line = fails(&["ledger", "verify", "--config", s(&config)]);
+    assert!(line.contains("interior node"), "{line}");
+
+    // 3. A whole consistent tree over a rewritten history (entries, hashes, nodes and head
+    //    recomputed): only the signed checkpoints give it away.
+    let config = tampered_copy(&nl, &tmp.path().join("t3"), |db| {
+        let forged_dir = tempfile::tempdir().expect("tempdir");
+        let size = {
+            let head = dccf_node::ledger::merkle::Frontier::from_bytes(
+                &db.get(b"m/head").unwrap().unwrap(),
+            )
+            .unwrap();
+            head.size()
+        };
+        {
+            let forged = dccf_node::ledger::Store::open(forged_dir.path()).unwrap();
+            let mut txn = forged.begin();
+            for i in 0..size {
+                let mut leaf = db.get(index_key(b'e', i)).unwrap().unwrap().to_vec();
+                if i == 1 {
+                    leaf[0] ^= 0x01;
+                }
+                txn.append(leaf);
+            }
+            txn.commit().wait_blocking().unwrap();
+            forged.close().unwrap();
+        }
+        let forged = sled::open(forged_dir.path()).unwrap();
+        for item in forged.iter() {
+            let (k, v) = item.unwrap();
+            if matches!(k.first(), Some(b'e' | b'h' | b'n')) || k.as_ref() == b"m/head" {
+                db.insert(k, v).unwrap();
+            }
+        }
+    });
+    let line = fails(&["ledger", "verify", "--config", s(&config)]);
+    assert!(line.contains("rewritten"), "{line}");
+}

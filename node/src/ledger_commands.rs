@@ -136,6 +136,10 @@ pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
                     config.ledger_dir().display()
                 )));
             };
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| err(format!("{}: {e}", parent.display())))?;
+            }
             cps.publish().await.map_err(err)?;
             let checkpoint = cps.latest_cosigned().map_err(err)?;
             let cosigned: Vec<String> = cps

@@ -251,7 +251,7 @@ async fn audit(nodes: &[DemoNode], root: &Path) -> Result<(), DemoError> {
             let proof = export::parse_tlog_proof(&text).map_err(fail)?;
             export::verify_tlog_proof(&proof, &leaf, &state.checkpoints.vkey()).map_err(fail)?;
             println!(
-                "   BR's receipt of {} (entry {index}): C2SP tlog-proof with {} hashes verifies \
+                "   BR's record of receiving {} (entry {index}): its C2SP tlog-proof ({} hashes) verifies \
                  offline against BR's key",
                 e.message_id,
                 hashes.len()

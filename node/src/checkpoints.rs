@@ -68,6 +68,8 @@ pub struct Checkpoints {
     verifier: NoteVerifier,
     cosigner: Cosigner,
     latest: RwLock<Option<Arc<Published>>>,
+    /// The latest note with its cosignatures, kept ready for every receipt.
+    latest_cosigned: RwLock<Arc<String>>,
     publishing: tokio::sync::Mutex<()>,
 }
 
@@ -95,14 +97,17 @@ impl Checkpoints {
                 Some(Arc::new(check_against(&store, &verifier, &note)?))
             }
         };
-        Ok(Checkpoints {
+        let cps = Checkpoints {
             store,
             signer,
             verifier,
             cosigner,
             latest: RwLock::new(latest),
+            latest_cosigned: RwLock::new(Arc::new(String::new())),
             publishing: tokio::sync::Mutex::new(()),
-        })
+        };
+        cps.refresh_cosigned()?;
+        Ok(cps)
     }
 
     /// The checkpoint origin (also the note signer and cosigner name).
@@ -158,6 +163,7 @@ impl Checkpoints {
             note,
         });
         *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some(published.clone());
+        self.refresh_cosigned()?;
         tracing::debug!(size = head.size, "checkpoint published");
         Ok(published)
     }
@@ -196,10 +202,25 @@ impl Checkpoints {
 
     /// The latest checkpoint with its cosignatures, or "" before the first one.
     pub fn latest_cosigned(&self) -> Result<String, CheckpointError> {
-        match self.latest() {
-            Some(p) => self.with_cosignatures(p.size, &p.note),
-            None => Ok(String::new()),
-        }
+        Ok(self
+            .latest_cosigned
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .clone())
+    }
+
+    /// Recomputes the cached [`Checkpoints::latest_cosigned`].
+    fn refresh_cosigned(&self) -> Result<(), CheckpointError> {
+        let text = match self.latest() {
+            Some(p) => self.with_cosignatures(p.size, &p.note)?,
+            None => String::new(),
+        };
+        *self
+            .latest_cosigned
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(text);
+        Ok(())
     }
 
     /// Checks a witness's cosignature of one of our checkpoints and stores it. The witness is
@@ -261,6 +282,9 @@ impl Checkpoints {
             txn.commit()
         };
         ticket.durable().await?;
+        if self.latest().is_some_and(|p| p.size == size) {
+            self.refresh_cosigned()?;
+        }
         tracing::info!(witness = witness_admin, size, "checkpoint cosigned");
         Ok(())
     }

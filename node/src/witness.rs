@@ -270,30 +270,43 @@ pub async fn witness_partner(
     Ok(Outcome::Cosigned { size: new.size })
 }
 
-/// One round over every partner of an agreement in force; failures are logged and retried next
-/// round.
+/// One round over every partner of an agreement in force, partners in parallel (a stalled
+/// partner costs at most the request timeout and delays no one else); failures are logged and
+/// retried next round.
 pub async fn round(state: &Arc<NodeState>) {
     let now = crate::envelope::now_ms();
     let set = state.agreements();
-    let mut partners: Vec<&Party> = Vec::new();
+    let mut partners: Vec<Party> = Vec::new();
     for agreement in set.current(now) {
         if !agreement.parties.contains_key(state.admin()) {
             continue;
         }
         for (admin, party) in &agreement.parties {
             if admin != state.admin() && !partners.iter().any(|p| &p.card.admin == admin) {
-                partners.push(party);
+                partners.push(party.clone());
             }
         }
     }
+    let mut tasks = tokio::task::JoinSet::new();
     for party in partners {
-        match witness_partner(state, party).await {
+        let state = state.clone();
+        tasks.spawn(async move {
+            let outcome = witness_partner(&state, &party).await;
+            (party.card.admin, outcome)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((admin, outcome)) = joined else {
+            tracing::error!("a witnessing task failed");
+            continue;
+        };
+        match outcome {
             Ok(Outcome::Cosigned { size }) => {
-                tracing::debug!(partner = %party.card.admin, size, "partner checkpoint cosigned")
+                tracing::debug!(partner = %admin, size, "partner checkpoint cosigned")
             }
             Ok(Outcome::Unchanged { .. }) | Ok(Outcome::Alarm(_)) => {}
             Ok(Outcome::UnderAlarm) => tracing::warn!(
-                partner = %party.card.admin,
+                partner = %admin,
                 "partner not witnessed: a witness alarm is standing (see `ledger status`)"
             ),
             Err(e) => tracing::warn!(error = %e, "witnessing failed; retrying next round"),

@@ -38,15 +38,18 @@ pub enum Suite {
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
         iterations: u32,
     },
+    /// Durable ledger appends with group commit against raw sled flushes, and inclusion proofs,
+    /// peak RSS and disk use of a 1M-entry ledger (see `bench_ledger`).
+    Ledger(crate::bench_ledger::LedgerArgs),
 }
 
 /// Benchmark errors.
 #[derive(Debug, thiserror::Error)]
 #[error("bench: {0}")]
-pub struct BenchError(String);
+pub struct BenchError(pub(crate) String);
 
 /// Prints `figures` as one JSON object on one line.
-fn print_json(figures: &impl serde::Serialize) -> Result<(), BenchError> {
+pub(crate) fn print_json(figures: &impl serde::Serialize) -> Result<(), BenchError> {
     let line = serde_json::to_string(figures).map_err(|e| BenchError(e.to_string()))?;
     println!("{line}");
     Ok(())
@@ -55,6 +58,7 @@ fn print_json(figures: &impl serde::Serialize) -> Result<(), BenchError> {
 /// Runs a suite and prints its figures.
 pub async fn run(suite: Suite) -> Result<(), BenchError> {
     match suite {
+        Suite::Ledger(args) => crate::bench_ledger::run(args).await,
         Suite::Policy { json, iterations } => {
             let r = tokio::task::spawn_blocking(move || policy(iterations))
                 .await

@@ -18,7 +18,7 @@
 //!   onward-transfer records, partner connections.
 //! - [`server`]: the `Exchange` (partners) and `Gateway` (back office) listeners and their TLS.
 //! - [`state`]: what the services of a running node share.
-//! - [`cli`], [`demo`], [`bench`]: the `dccf-node` commands.
+//! - [`cli`], [`demo`], [`bench`] (and [`bench_ledger`]): the `dccf-node` commands.
 //! - [`proto`]: generated code for the wire contract in `proto/dccf/v1/`.
 //! - [`samples`]: synthetic customs messages for the demo, tests and benchmarks.
 //!
@@ -27,6 +27,7 @@
 
 pub mod agreement;
 pub mod bench;
+pub mod bench_ledger;
 pub mod checkpoints;
 pub mod cli;
 pub mod config;

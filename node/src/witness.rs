@@ -198,15 +198,37 @@ pub async fn witness_partner(
         .peers
         .client(party)
         .map_err(|e| unreachable(e.to_string()))?;
-    let response = client
+    let from_size = seen.as_ref().map_or(0, |s| s.size);
+    let (response, without_proof) = match client
         .get_checkpoint(CheckpointRequest {
-            from_size: seen.as_ref().map_or(0, |s| s.size),
+            from_size,
             fresh: false,
         })
         .await
-        .map_err(|s| unreachable(format!("GetCheckpoint: {}", s.message())))?
-        .into_inner();
+    {
+        Ok(r) => (r.into_inner(), false),
+        // The partner refuses a proof from the size seen when its log is now smaller (a
+        // rollback): fetch its checkpoint without one, so the rollback is detected below.
+        Err(s) if s.code() == tonic::Code::FailedPrecondition && from_size > 0 => {
+            let r = client
+                .get_checkpoint(CheckpointRequest {
+                    from_size: 0,
+                    fresh: false,
+                })
+                .await
+                .map_err(|s| unreachable(format!("GetCheckpoint: {}", s.message())))?;
+            (r.into_inner(), true)
+        }
+        Err(s) => return Err(unreachable(format!("GetCheckpoint: {}", s.message()))),
+    };
     let new = verify_note(party, &response.checkpoint)?;
+    if without_proof && new.size >= from_size {
+        // It grew in between: no proof to check; try again next round.
+        return Err(unreachable(format!(
+            "GetCheckpoint refused a proof from size {from_size}, then returned size {}",
+            new.size
+        )));
+    }
     let proof: Vec<Hash> = response
         .consistency_proof
         .iter()

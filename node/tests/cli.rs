@@ -10,7 +10,8 @@
 //!   and a clean exit 0 on SIGTERM;
 //! - `send` / `inbox`: a bad JSON file is refused before any connection is tried, and a node that is
 //!   not running gives a prompt one-line error;
-//! - `bench envelope --json`: one JSON object with the documented figures;
+//! - `bench envelope --json`, `bench ledger --json`: one JSON object with the documented figures;
+//!   `bench ledger` refuses a non-empty `--dir` and hides its internal child flag;
 //! - usage errors (unknown subcommand, missing flag).
 //!
 //! Every failure must be the project standard: exactly one line on stderr starting with `error:`,
@@ -898,6 +899,97 @@ fn bench_envelope_json_prints_one_object_with_positive_figures() {
             "{key} = {figure} should be a positive number"
         );
     }
+}
+
+#[test]
+fn bench_ledger_json_prints_all_figures_as_positive_numbers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = tmp.path().join("work");
+    let run = dccf(&[
+        "bench",
+        "ledger",
+        "--json",
+        "--entries",
+        "3000",
+        "--seconds",
+        "0.3",
+        "--appenders",
+        "16",
+        "--proofs",
+        "40",
+        "--dir",
+        s(&work),
+    ]);
+    assert!(run.status.success(), "bench failed\n{}", run.describe());
+    let out = run.stdout.trim();
+    assert!(
+        !out.contains('\n'),
+        "expected one JSON line (the build child's report must not leak)\n{}",
+        run.describe()
+    );
+    let value: serde_json::Value = serde_json::from_str(out)
+        .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", run.describe()));
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("stdout is not a JSON object\n{}", run.describe()));
+    for key in [
+        "appends_per_s",
+        "raw_sled_flush64_per_s",
+        "ratio",
+        "inclusion_proof_gen_us_1m",
+        "inclusion_proof_verify_us_1m",
+        "peak_rss_mb_1m",
+        "disk_bytes_per_entry",
+        "disk_blocks_bytes_per_entry",
+    ] {
+        let figure = object
+            .get(key)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{key} missing or not a number\n{}", run.describe()));
+        assert!(
+            figure.is_finite() && figure > 0.0,
+            "{key} = {figure} should be a positive number"
+        );
+    }
+    assert_eq!(object.get("entries").and_then(|v| v.as_u64()), Some(3000));
+    assert_eq!(
+        object.get("proofs_verified"),
+        object.get("proof_samples"),
+        "every generated proof must verify\n{}",
+        run.describe()
+    );
+    // With --dir the work directory is kept: the throughput stores and the built ledger.
+    for sub in ["append", "raw-sled", "ledger"] {
+        assert!(work.join(sub).is_dir(), "{sub} missing under --dir");
+    }
+}
+
+#[test]
+fn bench_ledger_refuses_a_non_empty_dir_and_hides_its_child_flag() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(tmp.path().join("keep.txt"), b"mine").expect("write");
+    let run = dccf(&["bench", "ledger", "--entries", "10", "--dir", s(tmp.path())]);
+    let line = assert_one_line_error(&run);
+    assert_mentions(&line, &["--dir", "not empty"]);
+    assert!(
+        tmp.path().join("keep.txt").exists(),
+        "nothing may be removed"
+    );
+
+    let help = dccf(&["bench", "ledger", "--help"]);
+    assert!(help.status.success(), "{}", help.describe());
+    for flag in ["--entries", "--appenders", "--seconds", "--dir", "--json"] {
+        assert!(
+            help.stdout.contains(flag),
+            "{flag} missing from help\n{}",
+            help.describe()
+        );
+    }
+    assert!(
+        !help.stdout.contains("child-append"),
+        "the internal flag must be hidden\n{}",
+        help.describe()
+    );
 }
 
 #[test]

@@ -306,6 +306,19 @@ impl Federation {
             node.shutdown().await;
         }
     }
+
+    /// Starts `admin`'s stopped node again on its configured addresses and data directory.
+    pub async fn start_node(&mut self, admin: &str) {
+        let a = self.admin_mut(admin);
+        assert!(a.node.is_none(), "{admin} is already running");
+        let exchange = bind_retry(a.config.listen).await;
+        let gateway = bind_retry(a.config.gateway_listen).await;
+        a.node = Some(
+            start_on(a.config.clone(), exchange, gateway)
+                .await
+                .expect("node starts again"),
+        );
+    }
 }
 
 async fn bind_retry(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
@@ -466,6 +479,53 @@ impl Federation {
         wait_listening(config.listen).await;
         wait_listening(config.gateway_listen).await;
         child
+    }
+
+    /// Like [`Federation::spawn_process`], but appends the process's stderr to `log` and fails
+    /// at once, quoting the log, if the process exits before it listens.
+    pub async fn spawn_process_logged(&self, admin: &str, log: &Path) -> std::process::Child {
+        let config = &self.admin(admin).config;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open process log");
+        let mut child = std::process::Command::new(node_binary())
+            .args(["serve", "--config"])
+            .arg(config.data_dir.join("node.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn dccf-node serve");
+        for addr in [config.listen, config.gateway_listen] {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "dccf-node serve for {admin} exited with {status} before listening; \
+                         its stderr:\n{}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "nothing listens on {addr} after 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        child
+    }
+
+    /// Writes `admin`'s in-memory configuration (e.g. changed by a `tweak`) to its `node.toml`,
+    /// so a process started with [`Federation::spawn_process`] runs with it.
+    pub fn save_config(&self, admin: &str) {
+        let config = &self.admin(admin).config;
+        std::fs::write(
+            config.data_dir.join("node.toml"),
+            config.to_commented_toml(),
+        )
+        .expect("write node.toml");
     }
 }
 

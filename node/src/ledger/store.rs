@@ -8,14 +8,15 @@
 //! | key                     | value                                            |
 //! |-------------------------|--------------------------------------------------|
 //! | `b"e"` + u64 BE index   | leaf bytes of entry `index` (opaque here)        |
-//! | `b"h"` + u64 BE index   | its 32-byte leaf hash                            |
-//! | `b"n"` + u8 level + u64 BE index | hash of the perfect subtree of height `level` (≥ 1) covering leaves `[index << level, (index + 1) << level)` |
+//! | `b"n"` + u8 level + u64 BE index | hash of the perfect subtree of height `level` (even, ≥ 2) covering leaves `[index << level, (index + 1) << level)` |
 //! | `b"m/head"`             | [`Frontier::to_bytes`] after the last entry      |
 //! | anything else           | callers' side records (`b"i/…"`, `b"x/…"`, …)    |
 //!
-//! Storing every complete interior node (about one per entry) makes appends O(log n) writes
-//! amortized O(1), and lets any subtree hash, root at a past size, inclusion or consistency proof
-//! be read with O(log n) point lookups instead of rebuilding the tree.
+//! Complete interior nodes are stored at even levels (a third of a write per entry): a leaf hash
+//! is the hash of the stored entry, an odd-level node the hash of its two stored children. The
+//! upper levels (from [`cache_from_level`] up, a bounded few MiB) are also kept in memory, loaded
+//! at open and extended after every durable group. Any subtree hash, root at a past size,
+//! inclusion or consistency proof is then O(log n) point lookups, never a rebuild of the tree.
 //!
 //! # Commit path
 //!
@@ -72,12 +73,11 @@ use super::LedgerError;
 use super::merkle::{self, Frontier, HASH_LEN};
 
 const ENTRY_PREFIX: u8 = b'e';
-const HASH_PREFIX: u8 = b'h';
 const NODE_PREFIX: u8 = b'n';
 const META_PREFIX: &[u8] = b"m/";
 const HEAD_KEY: &[u8] = b"m/head";
 /// sled page-cache budget.
-const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+pub(crate) const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A side record as returned by scans: key, value.
 pub type Record = (Vec<u8>, Vec<u8>);
@@ -132,6 +132,8 @@ struct Shared {
     poison: Mutex<Option<String>>,
     /// Pre-group values of side keys whose new values are applied but not yet durable.
     overlay: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Upper levels of the durable tree, in memory.
+    top: std::sync::RwLock<TopCache>,
     commit_groups: AtomicU64,
     #[cfg(test)]
     hooks: test_hooks::Hooks,
@@ -146,7 +148,7 @@ struct Queue {
 /// One committed transaction, waiting for the committer.
 struct Unit {
     first_index: u64,
-    leaves: Vec<(Vec<u8>, [u8; HASH_LEN])>,
+    leaves: Vec<Vec<u8>>,
     /// Interior nodes completed by this unit's entries: (level, index, hash).
     nodes: Vec<(u8, u64, [u8; HASH_LEN])>,
     /// Frontier after this unit's entries.
@@ -161,6 +163,62 @@ struct Unit {
 /// elsewhere while a lock was held leaves no half-updated state behind.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether interior nodes of `level` are stored (even levels from 2).
+fn is_stored_level(level: u8) -> bool {
+    level >= 2 && level.is_multiple_of(2)
+}
+
+/// Lowest tree level kept in memory for a tree of `size` leaves: 4 (about 2.7 bytes per entry),
+/// raised in steps of two as the tree grows so that the cache stays under ~2^19 hashes at its
+/// lowest level (~22 MiB in all).
+pub fn cache_from_level(size: u64) -> u8 {
+    let bits = (64 - size.leading_zeros()) as u8;
+    let level = bits.saturating_sub(19).max(4);
+    level + level % 2
+}
+
+/// Upper tree levels in memory: `levels[l][j]` is node `(l, j)`, for even `l >= from`.
+#[derive(Default)]
+struct TopCache {
+    from: u8,
+    levels: Vec<Vec<[u8; HASH_LEN]>>,
+}
+
+impl TopCache {
+    fn get(&self, level: u8, index: u64) -> Option<[u8; HASH_LEN]> {
+        if level < self.from || !level.is_multiple_of(2) {
+            return None;
+        }
+        let row = self.levels.get(usize::from(level))?;
+        row.get(usize::try_from(index).ok()?).copied()
+    }
+
+    /// Adds a durable node; nodes of a level arrive in index order.
+    fn push(&mut self, level: u8, index: u64, hash: [u8; HASH_LEN]) {
+        if level < self.from || !level.is_multiple_of(2) {
+            return;
+        }
+        let l = usize::from(level);
+        if self.levels.len() <= l {
+            self.levels.resize_with(l + 1, Vec::new);
+        }
+        if self.levels[l].len() as u64 == index {
+            self.levels[l].push(hash);
+        }
+    }
+
+    /// Raises the lowest cached level for a tree of `size` leaves, freeing the levels below.
+    fn fit(&mut self, size: u64) {
+        let from = cache_from_level(size);
+        if from > self.from {
+            for l in usize::from(self.from)..usize::from(from).min(self.levels.len()) {
+                self.levels[l] = Vec::new();
+            }
+            self.from = from;
+        }
+    }
 }
 
 fn node_key(level: u8, index: u64) -> [u8; 10] {
@@ -180,17 +238,13 @@ fn index_key(prefix: u8, index: u64) -> [u8; 9] {
 
 /// Whether `key` lies in the ledger's own key space.
 fn is_reserved(key: &[u8]) -> bool {
-    matches!(
-        key.first(),
-        Some(&ENTRY_PREFIX | &HASH_PREFIX | &NODE_PREFIX)
-    ) || key.starts_with(META_PREFIX)
+    matches!(key.first(), Some(&ENTRY_PREFIX | &NODE_PREFIX)) || key.starts_with(META_PREFIX)
 }
 
 /// For a reserved key, the smallest key after its whole reserved range (to skip it in scans).
 fn skip_reserved(key: &[u8]) -> Option<Vec<u8>> {
     match key.first() {
         Some(&ENTRY_PREFIX) => Some(vec![ENTRY_PREFIX + 1]),
-        Some(&HASH_PREFIX) => Some(vec![HASH_PREFIX + 1]),
         Some(&NODE_PREFIX) => Some(vec![NODE_PREFIX + 1]),
         _ if key.starts_with(META_PREFIX) => Some(b"m0".to_vec()), // '0' = '/' + 1
         _ => None,
@@ -236,6 +290,7 @@ impl Store {
         let files = SyncFiles::open(dir)?;
         let frontier = recover_head(&db)?;
         let head = Head::of(&frontier);
+        let top = load_top(&db, head.size)?;
 
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -247,6 +302,7 @@ impl Store {
             durable: watch::channel(head).0,
             poison: Mutex::new(None),
             overlay: Mutex::new(BTreeMap::new()),
+            top: std::sync::RwLock::new(top),
             commit_groups: AtomicU64::new(0),
             #[cfg(test)]
             hooks: test_hooks::Hooks::default(),
@@ -303,33 +359,29 @@ impl Store {
             .map(|v| v.map(|v| v.to_vec()))
     }
 
-    /// Stored leaf hash of entry `index`, if that entry is durable.
+    /// Leaf hash of entry `index` (the RFC 6962 hash of its stored bytes), if it is durable.
     pub fn leaf_hash(&self, index: u64) -> Result<Option<[u8; 32]>, LedgerError> {
+        self.count_read();
+        Ok(self
+            .durable_value(ENTRY_PREFIX, index)?
+            .map(|leaf| merkle::leaf_hash(&leaf)))
+    }
+
+    #[inline]
+    fn count_read(&self) {
         #[cfg(test)]
         self.inner
             .shared
             .hooks
             .hash_reads
             .fetch_add(1, Ordering::Relaxed);
-        let Some(v) = self.durable_value(HASH_PREFIX, index)? else {
-            return Ok(None);
-        };
-        let hash = <[u8; 32]>::try_from(v.as_ref()).map_err(|_| LedgerError::Corrupt {
-            what: format!(
-                "leaf hash of entry {index} is {} bytes, expected 32",
-                v.len()
-            ),
-        })?;
-        Ok(Some(hash))
     }
 
-    /// Stored hash of the perfect subtree of height `level` covering leaves
+    /// Hash of the perfect subtree of height `level` covering leaves
     /// `[index << level, (index + 1) << level)` (level 0: the leaf hash), if all those leaves are
-    /// durable.
+    /// durable: from memory for the upper levels, one stored read for an even level, the hash of
+    /// two children for an odd one.
     pub fn node_hash(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, LedgerError> {
-        if level == 0 {
-            return self.leaf_hash(index);
-        }
         let end = index
             .checked_add(1)
             .and_then(|n| n.checked_mul(1u64.checked_shl(u32::from(level))?));
@@ -337,12 +389,30 @@ impl Store {
             Some(end) if level < 64 && end <= self.durable_head().size => {}
             _ => return Ok(None),
         }
-        #[cfg(test)]
-        self.inner
+        if level == 0 {
+            return self.leaf_hash(index);
+        }
+        if let Some(hash) = self
+            .inner
             .shared
-            .hooks
-            .hash_reads
-            .fetch_add(1, Ordering::Relaxed);
+            .top
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(level, index)
+        {
+            return Ok(Some(hash));
+        }
+        if !is_stored_level(level) {
+            let left = self.node_hash(level - 1, 2 * index)?;
+            let right = self.node_hash(level - 1, 2 * index + 1)?;
+            return match (left, right) {
+                (Some(l), Some(r)) => Ok(Some(merkle::node_hash(&l, &r))),
+                _ => Err(LedgerError::Corrupt {
+                    what: format!("children of durable node ({level}, {index}) are missing"),
+                }),
+            };
+        }
+        self.count_read();
         let key = node_key(level, index);
         let v = self
             .inner
@@ -364,6 +434,16 @@ impl Store {
                     v.len()
                 ),
             })
+    }
+
+    /// The stored (on-disk) node, bypassing the memory cache; `None` if absent.
+    fn stored_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, LedgerError> {
+        Ok(self
+            .inner
+            .shared
+            .db
+            .get(node_key(level, index))?
+            .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok()))
     }
 
     fn durable_value(&self, prefix: u8, index: u64) -> Result<Option<sled::IVec>, LedgerError> {
@@ -478,9 +558,9 @@ impl Store {
         self.inner.shared.commit_groups.load(Ordering::Acquire)
     }
 
-    /// Recomputes the tree from the stored durable entries: every stored leaf hash and interior
-    /// node must match what the entries hash to, and the root must match the durable head. Reads
-    /// the whole ledger (O(n)); names the first bad entry or node.
+    /// Recomputes the tree from the stored durable entries: every stored interior node must match
+    /// what the entries hash to, and the root must match the durable head. Reads the whole ledger
+    /// (O(n)); names the first bad node and the entries it covers.
     pub fn verify(&self) -> Result<Head, LedgerError> {
         let head = self.durable_head();
         let mut frontier = Frontier::new();
@@ -489,24 +569,18 @@ impl Store {
                 what: format!("entry {index} is missing"),
             };
             let leaf = self.entry(index)?.ok_or_else(missing)?;
-            let stored = self.leaf_hash(index)?.ok_or_else(missing)?;
-            if merkle::leaf_hash(&leaf) != stored {
-                return Err(LedgerError::Corrupt {
-                    what: format!("stored leaf hash of entry {index} does not match the entry"),
-                });
-            }
             let mut bad: Option<LedgerError> = None;
-            frontier.push_with_nodes(stored, |level, node, hash| {
-                if bad.is_some() {
+            frontier.push_with_nodes(merkle::leaf_hash(&leaf), |level, node, hash| {
+                if bad.is_some() || !is_stored_level(level) {
                     return;
                 }
-                match self.node_hash(level, node) {
+                match self.stored_node(level, node) {
                     Ok(Some(h)) if h == *hash => {}
                     Ok(_) => {
                         bad = Some(LedgerError::Corrupt {
                             what: format!(
-                                "stored interior node at level {level}, index {node} (leaves \
-                                 {}..{}) does not match the entries",
+                                "stored interior node at level {level}, index {node} does not \
+                                 match entries {}..{}",
                                 node << level,
                                 (node + 1) << level
                             ),
@@ -633,30 +707,28 @@ fn recover_head(db: &sled::Db) -> Result<Frontier, LedgerError> {
         None => Frontier::new(),
     };
     let size = frontier.size();
-    for prefix in [ENTRY_PREFIX, HASH_PREFIX] {
-        // Entries and the head are written in one atomic batch, so a key at or past `size`
-        // means a half-written state that must not be silently extended or overwritten.
-        let from = index_key(prefix, size);
-        let end = [prefix + 1];
-        if let Some(item) = db.range::<&[u8], _>(&from[..]..&end[..]).next() {
-            let (key, _) = item?;
-            return Err(LedgerError::Corrupt {
-                what: format!(
-                    "key {} exists at or past the recorded ledger size {size} (half-written state)",
-                    show_key(&key)
-                ),
-            });
-        }
-        if let Some(last) = size.checked_sub(1)
-            && db.get(index_key(prefix, last))?.is_none()
-        {
-            return Err(LedgerError::Corrupt {
-                what: format!(
-                    "key {} of the last entry (ledger size {size}) is missing",
-                    show_key(&index_key(prefix, last))
-                ),
-            });
-        }
+    // Entries and the head are written in one atomic batch, so a key at or past `size` means a
+    // half-written state that must not be silently extended or overwritten.
+    let from = index_key(ENTRY_PREFIX, size);
+    let end = [ENTRY_PREFIX + 1];
+    if let Some(item) = db.range::<&[u8], _>(&from[..]..&end[..]).next() {
+        let (key, _) = item?;
+        return Err(LedgerError::Corrupt {
+            what: format!(
+                "key {} exists at or past the recorded ledger size {size} (half-written state)",
+                show_key(&key)
+            ),
+        });
+    }
+    if let Some(last) = size.checked_sub(1)
+        && db.get(index_key(ENTRY_PREFIX, last))?.is_none()
+    {
+        return Err(LedgerError::Corrupt {
+            what: format!(
+                "key {} of the last entry (ledger size {size}) is missing",
+                show_key(&index_key(ENTRY_PREFIX, last))
+            ),
+        });
     }
     for level in 1..64u8 {
         // Nodes (level, j) with j >= size >> level would cover leaves past the head.
@@ -674,6 +746,39 @@ fn recover_head(db: &sled::Db) -> Result<Frontier, LedgerError> {
         }
     }
     Ok(frontier)
+}
+
+/// Loads the cached upper levels of a tree of `size` leaves from the stored nodes.
+fn load_top(db: &sled::Db, size: u64) -> Result<TopCache, LedgerError> {
+    let mut top = TopCache {
+        from: cache_from_level(size),
+        levels: Vec::new(),
+    };
+    for level in (top.from..64).step_by(2) {
+        let count = size >> level;
+        if count == 0 {
+            break;
+        }
+        let from = node_key(level, 0);
+        let to = node_key(level, count - 1);
+        for item in db.range::<&[u8], _>(&from[..]..=&to[..]) {
+            let (key, value) = item?;
+            let index = u64::from_be_bytes(key[2..10].try_into().unwrap_or_default());
+            let hash = <[u8; 32]>::try_from(value.as_ref()).map_err(|_| LedgerError::Corrupt {
+                what: format!("interior node {} is not 32 bytes", show_key(&key)),
+            })?;
+            top.push(level, index, hash);
+        }
+        let loaded = top.levels.get(usize::from(level)).map_or(0, Vec::len) as u64;
+        if loaded != count {
+            return Err(LedgerError::Corrupt {
+                what: format!(
+                    "level {level} of the tree holds {loaded} stored nodes, expected {count}"
+                ),
+            });
+        }
+    }
+    Ok(top)
 }
 
 /// The files the committer syncs after sled's flush (see the module docs).
@@ -807,7 +912,7 @@ fn take_group(queue: &mut Vec<Unit>) -> Vec<Unit> {
     let mut writes = 0usize;
     let mut take = 0usize;
     for unit in queue.iter() {
-        let w = unit.leaves.len() * 2 + unit.nodes.len() + unit.ops.len();
+        let w = unit.leaves.len() + unit.nodes.len() + unit.ops.len();
         if take > 0 && writes + w > MAX_GROUP_WRITES {
             break;
         }
@@ -857,9 +962,8 @@ impl Shared {
                     ),
                 });
             }
-            for (leaf, hash) in &unit.leaves {
+            for leaf in &unit.leaves {
                 batch.insert(&index_key(ENTRY_PREFIX, next)[..], leaf.as_slice());
-                batch.insert(&index_key(HASH_PREFIX, next)[..], &hash[..]);
                 next += 1;
             }
             for (level, index, hash) in &unit.nodes {
@@ -900,6 +1004,17 @@ impl Shared {
         self.hooks.injected_sync_failure(&files.db_path)?;
         files.sync()?;
 
+        // Durable: the upper levels join the memory cache before the new head is published.
+        {
+            let mut top = self.top.write().unwrap_or_else(PoisonError::into_inner);
+            top.fit(head.size);
+            for unit in units {
+                for (level, index, hash) in &unit.nodes {
+                    top.push(*level, *index, *hash);
+                }
+            }
+        }
+
         // Durable: the new values may now be read.
         let mut overlay = lock(&self.overlay);
         for key in side_keys {
@@ -919,7 +1034,7 @@ pub struct Txn<'a> {
     first_index: u64,
     /// Staging frontier plus this transaction's entries.
     frontier: Frontier,
-    leaves: Vec<(Vec<u8>, [u8; HASH_LEN])>,
+    leaves: Vec<Vec<u8>>,
     nodes: Vec<(u8, u64, [u8; HASH_LEN])>,
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
@@ -931,9 +1046,12 @@ impl Txn<'_> {
         let index = self.frontier.size();
         let hash = merkle::leaf_hash(&leaf);
         let nodes = &mut self.nodes;
-        self.frontier
-            .push_with_nodes(hash, |level, index, node| nodes.push((level, index, *node)));
-        self.leaves.push((leaf, hash));
+        self.frontier.push_with_nodes(hash, |level, index, node| {
+            if is_stored_level(level) {
+                nodes.push((level, index, *node));
+            }
+        });
+        self.leaves.push(leaf);
         index
     }
 
@@ -1365,7 +1483,7 @@ mod tests {
         for key in [
             &b"e"[..],
             b"e\0\0\0\0\0\0\0\0",
-            b"hash",
+            b"node",
             b"m/head",
             b"m/other",
         ] {

@@ -14,7 +14,7 @@
 //!
 //! Complete interior nodes are stored at even levels (a third of a write per entry): a leaf hash
 //! is the hash of the stored entry, an odd-level node the hash of its two stored children. The
-//! upper levels (from [`cache_from_level`] up, a bounded few MiB) are also kept in memory, loaded
+//! upper levels (from [`cache_from_level`] up, at most ~22 MiB) are also kept in memory, loaded
 //! at open and extended after every durable group. Any subtree hash, root at a past size,
 //! inclusion or consistency proof is then O(log n) point lookups, never a rebuild of the tree.
 //!
@@ -170,12 +170,12 @@ fn is_stored_level(level: u8) -> bool {
     level >= 2 && level.is_multiple_of(2)
 }
 
-/// Lowest tree level kept in memory for a tree of `size` leaves: 4 (about 2.7 bytes per entry),
+/// Lowest tree level kept in memory for a tree of `size` leaves: 2 (about 11 bytes per entry),
 /// raised in steps of two as the tree grows so that the cache stays under ~2^19 hashes at its
-/// lowest level (~22 MiB in all).
+/// lowest level (~22 MiB in all). A proof then reads at most three entries from sled.
 pub fn cache_from_level(size: u64) -> u8 {
     let bits = (64 - size.leading_zeros()) as u8;
-    let level = bits.saturating_sub(19).max(4);
+    let level = bits.saturating_sub(19).max(2);
     level + level % 2
 }
 

@@ -13,12 +13,18 @@
 //!   `agreement new|sign|verify|show|revoke` commands and templates.
 //! - [`policy`]: what an agreement allows (flow, fields, consent, rate); called by sender and
 //!   receiver alike.
-//! - [`ledger`]: the append-only log in sled (RFC 6962 leaves), group-committed and fdatasync'd.
+//! - [`ledger`]: the append-only log in sled, group-committed and fdatasync'd; its RFC 9162
+//!   Merkle tree and proofs, C2SP checkpoints and cosignatures, tlog-tiles export, offline
+//!   verification, reconciliation and tlog-proofs.
+//! - [`checkpoints`]: publishing signed checkpoints; storing the cosignatures partners return.
+//! - [`witness`]: witnessing partners' ledgers (consistency, cosigning, fork alarms).
 //! - [`delivery`]: the send and receive pipelines, the durable inbox, retention sweep,
 //!   onward-transfer records, partner connections.
-//! - [`server`]: the `Exchange` (partners) and `Gateway` (back office) listeners and their TLS.
+//! - [`server`]: the `Exchange` (partners), `Gateway` (back office) and `Audit` (auditors)
+//!   services and their TLS.
 //! - [`state`]: what the services of a running node share.
-//! - [`cli`], [`demo`], [`bench`] (and [`bench_ledger`]): the `dccf-node` commands.
+//! - [`cli`], [`ledger_commands`], [`demo`], [`bench`] (and [`bench_ledger`]): the `dccf-node`
+//!   commands.
 //! - [`proto`]: generated code for the wire contract in `proto/dccf/v1/`.
 //! - [`samples`]: synthetic customs messages for the demo, tests and benchmarks.
 //!

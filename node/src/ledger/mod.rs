@@ -16,6 +16,11 @@
 //!   failure poisons the store instead of being retried or swallowed.
 //! - **Group commit.** Units committed concurrently share one sled batch and one sync, so
 //!   durability costs one sync per group, not per message.
+//! - **Proofs without rebuilding.** Complete interior nodes are stored (and the upper levels
+//!   cached in memory), so inclusion and consistency proofs ([`proof`]) are O(log n) reads.
+//! - **Public formats.** Checkpoints, cosignatures and notes follow C2SP ([`checkpoint`]); exports
+//!   follow C2SP tlog-tiles and proofs C2SP tlog-proof ([`export`]), so auditors can use
+//!   off-the-shelf tools.
 
 pub mod checkpoint;
 pub mod entry;
@@ -60,7 +65,7 @@ pub enum LedgerError {
         /// The failure that poisoned the store.
         cause: String,
     },
-    /// The key lies in the ledger's reserved key space (`e…`, `h…`, `m/…`).
+    /// The key lies in the ledger's reserved key space (`e…`, `n…`, `m/…`).
     #[error(
         "key {key} is reserved for the ledger itself (keys starting with \"e\", \"h\" or \"m/\"); \
          side records need another prefix"

@@ -1067,7 +1067,7 @@ impl Txn<'_> {
     }
 
     /// Writes side record `key` with this unit; keys in the ledger's reserved space (`e…`,
-    /// `h…`, `m/…`) are refused.
+    /// `n…`, `m/…`) are refused.
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), LedgerError> {
         check_side_key(&key)?;
         self.ops.push((key, Some(value)));

@@ -316,7 +316,8 @@ fn open_local(config: &NodeConfig) -> Result<Option<(Store, Checkpoints)>, Comma
             dir.display()
         )));
     }
-    let store = match Store::open(&dir) {
+    // A running node holds the lock: fall back to its Audit service at once.
+    let store = match Store::open_waiting(&dir, std::time::Duration::from_millis(300)) {
         Ok(s) => s,
         Err(LedgerError::Io { source, .. }) if source.to_string().contains("in use") => {
             return Ok(None);

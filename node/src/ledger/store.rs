@@ -76,6 +76,8 @@ const ENTRY_PREFIX: u8 = b'e';
 const NODE_PREFIX: u8 = b'n';
 const META_PREFIX: &[u8] = b"m/";
 const HEAD_KEY: &[u8] = b"m/head";
+/// How long [`Store::open`] waits for sled's lock (released asynchronously after a close).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// sled page-cache budget.
 pub(crate) const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -285,8 +287,14 @@ impl Store {
     /// [`LedgerError::Corrupt`] if the head record is malformed or entries exist past it (a
     /// half-written state).
     pub fn open(dir: &Path) -> Result<Store, LedgerError> {
+        Store::open_waiting(dir, LOCK_WAIT)
+    }
+
+    /// Like [`Store::open`], waiting at most `lock_wait` for the database lock (a tool that
+    /// should fall back at once when a running node holds the ledger passes a short wait).
+    pub fn open_waiting(dir: &Path, lock_wait: std::time::Duration) -> Result<Store, LedgerError> {
         create_dir_private(dir)?;
-        let db = open_sled(dir)?;
+        let db = open_sled(dir, lock_wait)?;
         let files = SyncFiles::open(dir)?;
         let frontier = recover_head(&db)?;
         let head = Head::of(&frontier);
@@ -653,11 +661,9 @@ impl Drop for Inner {
 /// Opens sled at `dir`. sled releases its file lock from a background thread after the last
 /// handle is dropped, so a reopen right after a close (an in-process restart) can find the lock
 /// still held for a moment: retry briefly, then report that another process holds the ledger.
-fn open_sled(dir: &Path) -> Result<sled::Db, LedgerError> {
-    const ATTEMPTS: u32 = 100;
-    let mut attempt = 0;
+fn open_sled(dir: &Path, lock_wait: std::time::Duration) -> Result<sled::Db, LedgerError> {
+    let deadline = std::time::Instant::now() + lock_wait;
     loop {
-        attempt += 1;
         let opened = sled::Config::new()
             .path(dir)
             // Every write goes through our committer, which flushes and syncs each group; sled's
@@ -669,7 +675,7 @@ fn open_sled(dir: &Path) -> Result<sled::Db, LedgerError> {
             .open();
         match opened {
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                if attempt >= ATTEMPTS {
+                if std::time::Instant::now() >= deadline {
                     return Err(LedgerError::Io {
                         path: dir.join("db"),
                         source: std::io::Error::other(

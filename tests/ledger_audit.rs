@@ -550,6 +550,32 @@ async fn a_partner_that_rewrites_its_history_raises_an_alarm_and_is_no_longer_co
         1,
         "one alarm, not one per round"
     );
+
+    // The operator investigates and resolves the alarm: recorded, and witnessing BR restarts
+    // from its current checkpoint (the new log is then cosigned).
+    witness::resolve_alarm(
+        &fed.node("NL").state.store,
+        "BR",
+        "BR lost its ledger disk; new log confirmed by BR",
+    )
+    .await
+    .unwrap();
+    assert!(
+        witness::alarms(&fed.node("NL").state.store)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        count_kind(
+            &ledger_entries(fed.node("NL")),
+            EntryKind::WitnessAlarmResolved
+        ),
+        1
+    );
+    let outcome = witness::witness_partner(&fed.node("NL").state, &party)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Cosigned { .. }), "{outcome:?}");
     fed.node("NL")
         .state
         .store

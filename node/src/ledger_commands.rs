@@ -74,6 +74,20 @@ pub enum LedgerAction {
         #[arg(long, requires = "cert")]
         key: Option<PathBuf>,
     },
+    /// Resolve a standing witness alarm against a partner after investigating it (the node must
+    /// be stopped): records the reason in the ledger and restarts witnessing that partner from
+    /// its current checkpoint.
+    ResolveAlarm {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// The partner administration.
+        #[arg(long)]
+        partner: String,
+        /// Why the alarm is resolved (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
     /// Check two partners' exports against each other; non-zero exit on any discrepancy.
     Reconcile {
         /// First export directory.
@@ -250,6 +264,28 @@ pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
                     Ok(first.tlog_proof.trim_end().to_owned())
                 }
             }
+        }
+        LedgerAction::ResolveAlarm {
+            config,
+            partner,
+            reason,
+        } => {
+            let config = NodeConfig::load(&config).map_err(err)?;
+            let Some((store, _cps)) = open_local(&config)? else {
+                return Err(err(format!(
+                    "the node is running (it holds {}); stop it to resolve an alarm",
+                    config.ledger_dir().display()
+                )));
+            };
+            let resolved = crate::witness::resolve_alarm(&store, &partner, &reason)
+                .await
+                .map_err(err)?;
+            store.close().map_err(err)?;
+            Ok(format!(
+                "resolved the witness alarm against {partner} raised at {}; witnessing {partner} \
+                 restarts from its current checkpoint",
+                crate::agreement::format_ms(resolved.at_ms)
+            ))
         }
         LedgerAction::Reconcile { a, b } => {
             let report = export::reconcile(&a, &b).map_err(err)?;

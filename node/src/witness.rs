@@ -151,6 +151,11 @@ pub fn witnessed(store: &Store) -> Result<Vec<(String, u64)>, WitnessError> {
 
 /// Records an alarm against `admin`: error log, metric, ledger entry and standing record.
 async fn raise(state: &NodeState, admin: &str, detail: String) -> Result<Outcome, WitnessError> {
+    raise_in(&state.store, admin, detail).await
+}
+
+/// [`raise`] on a bare store.
+async fn raise_in(store: &Store, admin: &str, detail: String) -> Result<Outcome, WitnessError> {
     tracing::error!(partner = admin, %detail, "WITNESS ALARM: partner ledger is inconsistent");
     metrics::counter!("dccf_witness_alarms_total", "partner" => admin.to_owned()).increment(1);
     let now = crate::envelope::now_ms();
@@ -167,7 +172,7 @@ async fn raise(state: &NodeState, admin: &str, detail: String) -> Result<Outcome
         ..Default::default()
     };
     let ticket = {
-        let mut txn = state.store.begin();
+        let mut txn = store.begin();
         entry::append(&mut txn, &entry);
         txn.put(key(ALARM, admin), record.encode_to_vec())
             .map_err(local)?;
@@ -175,6 +180,47 @@ async fn raise(state: &NodeState, admin: &str, detail: String) -> Result<Outcome
     };
     ticket.durable().await.map_err(local)?;
     Ok(Outcome::Alarm(detail))
+}
+
+/// Resolves the standing alarm against `admin` after an operator investigated it: records
+/// `WITNESS_ALARM_RESOLVED` with `reason` and the alarm, and forgets the last checkpoint seen, so
+/// witnessing starts again from the partner's current checkpoint. Returns the resolved alarm.
+pub async fn resolve_alarm(
+    store: &Store,
+    admin: &str,
+    reason: &str,
+) -> Result<WitnessAlarm, WitnessError> {
+    let Some(standing) = alarm(store, admin)? else {
+        return Err(WitnessError::Local(format!(
+            "no witness alarm is standing for {admin}"
+        )));
+    };
+    if reason.trim().is_empty() {
+        return Err(WitnessError::Local(
+            "give a reason: it is recorded in the ledger".into(),
+        ));
+    }
+    let entry = entry::LedgerEntry {
+        kind: EntryKind::WitnessAlarmResolved as i32,
+        recorded_at_ms: crate::envelope::now_ms(),
+        peer: admin.to_owned(),
+        detail: format!("resolved: {reason}; alarm was: {}", standing.detail),
+        ..Default::default()
+    };
+    let ticket = {
+        let mut txn = store.begin();
+        entry::append(&mut txn, &entry);
+        txn.remove(key(ALARM, admin)).map_err(local)?;
+        txn.remove(key(SEEN, admin)).map_err(local)?;
+        txn.commit()
+    };
+    ticket.durable().await.map_err(local)?;
+    tracing::warn!(
+        partner = admin,
+        reason,
+        "witness alarm resolved by the operator"
+    );
+    Ok(standing)
 }
 
 /// One witnessing round with `party`.
@@ -333,5 +379,63 @@ pub async fn round(state: &Arc<NodeState>) {
             ),
             Err(e) => tracing::warn!(error = %e, "witnessing failed; retrying next round"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(store: &Store) -> Vec<i32> {
+        (0..store.durable_head().size)
+            .map(|i| {
+                entry::parse(&store.entry(i).unwrap().unwrap())
+                    .unwrap()
+                    .kind
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_alarm_stands_until_resolved_with_a_reason_and_both_are_ledgered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut txn = store.begin();
+        txn.put(key(SEEN, "BR"), b"old checkpoint".to_vec())
+            .unwrap();
+        txn.commit().durable().await.unwrap();
+
+        let err = resolve_alarm(&store, "BR", "checked").await.unwrap_err();
+        assert!(err.to_string().contains("no witness alarm"), "{err}");
+
+        raise_in(&store, "BR", "fork: evidence".into())
+            .await
+            .unwrap();
+        assert_eq!(alarms(&store).unwrap()[0].detail, "fork: evidence");
+        assert_eq!(alarm(&store, "BR").unwrap().unwrap().partner, "BR");
+        let err = resolve_alarm(&store, "BR", "  ").await.unwrap_err();
+        assert!(err.to_string().contains("give a reason"), "{err}");
+        assert!(alarm(&store, "BR").unwrap().is_some());
+
+        let resolved = resolve_alarm(&store, "BR", "restored from backup, confirmed by BR")
+            .await
+            .unwrap();
+        assert_eq!(resolved.detail, "fork: evidence");
+        assert!(alarms(&store).unwrap().is_empty());
+        assert!(store.get(&key(SEEN, "BR")).unwrap().is_none());
+        assert_eq!(
+            kinds(&store),
+            vec![
+                EntryKind::WitnessAlarm as i32,
+                EntryKind::WitnessAlarmResolved as i32
+            ]
+        );
+        let last = entry::parse(&store.entry(1).unwrap().unwrap()).unwrap();
+        assert!(
+            last.detail.contains("restored from backup"),
+            "{}",
+            last.detail
+        );
+        assert!(last.detail.contains("fork: evidence"), "{}", last.detail);
     }
 }

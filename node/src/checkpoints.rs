@@ -77,6 +77,44 @@ fn size_key(prefix: &[u8], size: u64) -> Vec<u8> {
     [prefix, &size.to_be_bytes()].concat()
 }
 
+/// Key of witness `name`'s cosignature of the checkpoint of `size`.
+fn cosignature_key(size: u64, name: &str) -> Vec<u8> {
+    [&size_key(COSIGNATURES, size)[..], b"/", name.as_bytes()].concat()
+}
+
+/// (size, witness name) of a [`cosignature_key`].
+fn parse_cosignature_key(key: &[u8]) -> Option<(u64, String)> {
+    let rest = key.strip_prefix(COSIGNATURES)?;
+    let size = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let name = rest.get(9..)?;
+    Some((size, String::from_utf8_lossy(name).into_owned()))
+}
+
+/// What an export holds besides the entries (see [`Checkpoints::export_material`]).
+#[derive(Debug, Clone)]
+pub struct ExportMaterial {
+    /// The latest checkpoint with its cosignatures.
+    pub checkpoint: String,
+    /// The log's verifier key.
+    pub vkey: String,
+    /// Every cosigned checkpoint note, by size.
+    pub cosigned: Vec<String>,
+    /// The witnesses' cosigner verifier keys.
+    pub witnesses: Vec<String>,
+}
+
+impl ExportMaterial {
+    /// The input of [`crate::ledger::export::write_export`].
+    pub fn input(&self) -> crate::ledger::export::ExportInput<'_> {
+        crate::ledger::export::ExportInput {
+            checkpoint: &self.checkpoint,
+            vkey: &self.vkey,
+            cosigned: &self.cosigned,
+            witnesses: &self.witnesses,
+        }
+    }
+}
+
 impl Checkpoints {
     /// Opens the publisher for `store` under `origin`, signing with `key`. The latest stored
     /// checkpoint must verify and match the ledger's tree at its size, else the ledger was
@@ -271,7 +309,7 @@ impl Checkpoints {
         verifier
             .verify(&checkpoint::add_signature_lines(&ours, &[line.to_owned()]))
             .map_err(|e| refuse(format!("does not verify under {witness_admin}'s key: {e}")))?;
-        let key = [&size_key(COSIGNATURES, size)[..], b"/", name.as_bytes()].concat();
+        let key = cosignature_key(size, name);
         let ticket = {
             let mut txn = self.store.begin();
             txn.put(key, line.as_bytes().to_vec())?;
@@ -296,11 +334,7 @@ impl Checkpoints {
             .store
             .scan_prefix(COSIGNATURES)?
             .into_iter()
-            .filter_map(|(k, _)| {
-                k.get(COSIGNATURES.len()..COSIGNATURES.len() + 8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-            })
+            .filter_map(|(k, _)| parse_cosignature_key(&k).map(|(size, _)| size))
             .collect();
         sizes.dedup();
         let mut out = Vec::new();
@@ -312,6 +346,25 @@ impl Checkpoints {
         Ok(out)
     }
 
+    /// Everything an export holds besides the entries: the latest checkpoint with its
+    /// cosignatures, the log's key, every cosigned checkpoint and the witnesses' keys.
+    pub fn export_material(&self) -> Result<ExportMaterial, CheckpointError> {
+        Ok(ExportMaterial {
+            checkpoint: self.latest_cosigned()?,
+            vkey: self.vkey(),
+            cosigned: self
+                .cosigned_notes()?
+                .into_iter()
+                .map(|(_, note)| note)
+                .collect(),
+            witnesses: self
+                .witnesses()?
+                .into_iter()
+                .map(|(vkey, _)| vkey)
+                .collect(),
+        })
+    }
+
     /// Verifier keys (type 0x04) of every witness that cosigned, and for each the largest size
     /// it cosigned.
     pub fn witnesses(&self) -> Result<Vec<(String, u64)>, CheckpointError> {
@@ -320,15 +373,8 @@ impl Checkpoints {
             out.push((String::from_utf8_lossy(&vkey).into_owned(), 0));
         }
         for (k, _) in self.store.scan_prefix(COSIGNATURES)? {
-            let Some(rest) = k.get(COSIGNATURES.len()..) else {
+            let Some((size, name)) = parse_cosignature_key(&k) else {
                 continue;
-            };
-            let (size, name) = match (rest.get(..8), rest.get(9..)) {
-                (Some(s), Some(n)) => (
-                    u64::from_be_bytes(s.try_into().unwrap_or_default()),
-                    String::from_utf8_lossy(n).into_owned(),
-                ),
-                _ => continue,
             };
             for (vkey, largest) in &mut out {
                 if vkey.starts_with(&format!("{name}+")) && size > *largest {

@@ -186,31 +186,9 @@ async fn audit(nodes: &[DemoNode], root: &Path) -> Result<(), DemoError> {
         .iter()
         .filter(|n| ["NL", "BR"].contains(&n.config.admin.as_str()))
     {
-        let cps = &n.node.state.checkpoints;
-        let cosigned: Vec<String> = cps
-            .cosigned_notes()
-            .map_err(fail)?
-            .into_iter()
-            .map(|(_, note)| note)
-            .collect();
-        let witnesses: Vec<String> = cps
-            .witnesses()
-            .map_err(fail)?
-            .into_iter()
-            .map(|(vkey, _)| vkey)
-            .collect();
+        let material = n.node.state.checkpoints.export_material().map_err(fail)?;
         let out = exports.join(&n.config.admin);
-        export::write_export(
-            &n.node.state.store,
-            &export::ExportInput {
-                checkpoint: &cps.latest_cosigned().map_err(fail)?,
-                vkey: &cps.vkey(),
-                cosigned: &cosigned,
-                witnesses: &witnesses,
-            },
-            &out,
-        )
-        .map_err(fail)?;
+        export::write_export(&n.node.state.store, &material.input(), &out).map_err(fail)?;
         let report = export::verify_export(&out).map_err(fail)?;
         println!(
             "   exported {} to {} (tlog-tiles): verified offline, {} entries, {} cosignatures",

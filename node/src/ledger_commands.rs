@@ -143,42 +143,17 @@ pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
         }
         LedgerAction::Export { config, out } => {
             let config = NodeConfig::load(&config).map_err(err)?;
-            let Some((store, cps)) = open_local(&config)? else {
-                return Err(err(format!(
-                    "the node is running (it holds {}); stop it to export, or fetch entries \
-                     and proofs through the Audit service",
-                    config.ledger_dir().display()
-                )));
-            };
+            let (store, cps) = open_stopped(
+                &config,
+                "stop it to export, or fetch entries and proofs through the Audit service",
+            )?;
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| err(format!("{}: {e}", parent.display())))?;
             }
             cps.publish().await.map_err(err)?;
-            let checkpoint = cps.latest_cosigned().map_err(err)?;
-            let cosigned: Vec<String> = cps
-                .cosigned_notes()
-                .map_err(err)?
-                .into_iter()
-                .map(|(_, note)| note)
-                .collect();
-            let witnesses: Vec<String> = cps
-                .witnesses()
-                .map_err(err)?
-                .into_iter()
-                .map(|(vkey, _)| vkey)
-                .collect();
-            let summary = export::write_export(
-                &store,
-                &export::ExportInput {
-                    checkpoint: &checkpoint,
-                    vkey: &cps.vkey(),
-                    cosigned: &cosigned,
-                    witnesses: &witnesses,
-                },
-                &out,
-            )
-            .map_err(err)?;
+            let material = cps.export_material().map_err(err)?;
+            let summary = export::write_export(&store, &material.input(), &out).map_err(err)?;
             store.close().map_err(err)?;
             Ok(format!(
                 "exported {} entries of {} to {} ({} tiles, {} entry bundles, {} cosigned \
@@ -197,12 +172,7 @@ pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
             ..
         } => {
             let config = NodeConfig::load(&config).map_err(err)?;
-            let Some((store, cps)) = open_local(&config)? else {
-                return Err(err(format!(
-                    "the node is running (it holds {}); stop it to verify its database",
-                    config.ledger_dir().display()
-                )));
-            };
+            let (store, cps) = open_stopped(&config, "stop it to verify its database")?;
             verify_database(&store, &cps)
         }
         LedgerAction::Verify { dir, .. } => {
@@ -271,12 +241,7 @@ pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
             reason,
         } => {
             let config = NodeConfig::load(&config).map_err(err)?;
-            let Some((store, _cps)) = open_local(&config)? else {
-                return Err(err(format!(
-                    "the node is running (it holds {}); stop it to resolve an alarm",
-                    config.ledger_dir().display()
-                )));
-            };
+            let (store, _cps) = open_stopped(&config, "stop it to resolve an alarm")?;
             let resolved = crate::witness::resolve_alarm(&store, &partner, &reason)
                 .await
                 .map_err(err)?;
@@ -341,6 +306,16 @@ pub fn run_cert(action: CertAction) -> Result<String, CommandError> {
             ))
         }
     }
+}
+
+/// Opens the ledger of a node that must be stopped; `then` says what to do instead.
+fn open_stopped(config: &NodeConfig, then: &str) -> Result<(Store, Checkpoints), CommandError> {
+    open_local(config)?.ok_or_else(|| {
+        err(format!(
+            "the node is running (it holds {}); {then}",
+            config.ledger_dir().display()
+        ))
+    })
 }
 
 /// Opens the ledger and its checkpoints, or `None` if a running node holds it.

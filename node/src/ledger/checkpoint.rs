@@ -145,22 +145,8 @@ pub struct NoteVerifier {
 impl NoteVerifier {
     /// Parses a verifier key string `<name>+<hex key id>+<base64(0x01 ‖ public key)>`.
     pub fn from_key_string(s: &str) -> Result<NoteVerifier, NoteError> {
-        let (name, id, bytes) = split_key(s, ED25519)?;
-        let public: [u8; 32] = bytes
-            .get(1..)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| NoteError::MalformedKey("verifier key must hold 32 key bytes".into()))?;
-        let key = VerifyingKey::from_bytes(&public)
-            .map_err(|_| NoteError::MalformedKey("not an Ed25519 public key".into()))?;
-        if key_id(name, &key) != id {
-            return Err(NoteError::MalformedKey(
-                "key id does not match the key".into(),
-            ));
-        }
-        Ok(NoteVerifier {
-            name: name.to_owned(),
-            key,
-        })
+        let (name, key) = parse_vkey(s, ED25519)?;
+        NoteVerifier::new(name, key)
     }
 
     /// Builds a verifier for the key `key` named `name`.
@@ -308,18 +294,7 @@ impl CosignatureVerifier {
 
     /// Parses a cosigner verifier key `<name>+<hex key id>+<base64(0x04 ‖ public key)>`.
     pub fn from_key_string(s: &str) -> Result<CosignatureVerifier, NoteError> {
-        let (name, id, bytes) = split_key(s, COSIGNATURE_V1)?;
-        let public: [u8; 32] = bytes
-            .get(1..)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| NoteError::MalformedKey("verifier key must hold 32 key bytes".into()))?;
-        let key = VerifyingKey::from_bytes(&public)
-            .map_err(|_| NoteError::MalformedKey("not an Ed25519 public key".into()))?;
-        if cosigner_key_id(name, &key) != id {
-            return Err(NoteError::MalformedKey(
-                "key id does not match the key".into(),
-            ));
-        }
+        let (name, key) = parse_vkey(s, COSIGNATURE_V1)?;
         CosignatureVerifier::new(name, key)
     }
 
@@ -379,6 +354,23 @@ fn check_text(text: &str) -> Result<(), NoteError> {
         ));
     }
     Ok(())
+}
+
+/// Parses a verifier key `<name>+<hex key id>+<base64(kind ‖ public key)>` and checks its key id.
+fn parse_vkey(s: &str, kind: u8) -> Result<(&str, VerifyingKey), NoteError> {
+    let (name, id, bytes) = split_key(s, kind)?;
+    let public: [u8; 32] = bytes
+        .get(1..)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| NoteError::MalformedKey("verifier key must hold 32 key bytes".into()))?;
+    let key = VerifyingKey::from_bytes(&public)
+        .map_err(|_| NoteError::MalformedKey("not an Ed25519 public key".into()))?;
+    if typed_key_id(name, kind, &key) != id {
+        return Err(NoteError::MalformedKey(
+            "key id does not match the key".into(),
+        ));
+    }
+    Ok((name, key))
 }
 
 /// Splits `name+hexid+base64` into its parts, checking the type byte.

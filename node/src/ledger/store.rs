@@ -421,18 +421,23 @@ impl Store {
             };
         }
         self.count_read();
-        let key = node_key(level, index);
-        let v = self
-            .inner
-            .shared
-            .db
-            .get(key)?
-            .ok_or_else(|| LedgerError::Corrupt {
+        match self.stored_node(level, index)? {
+            Some(hash) => Ok(Some(hash)),
+            None => Err(LedgerError::Corrupt {
                 what: format!(
                     "interior node {} of the durable tree is missing",
-                    show_key(&key)
+                    show_key(&node_key(level, index))
                 ),
-            })?;
+            }),
+        }
+    }
+
+    /// The stored (on-disk) node, bypassing the memory cache; `None` if absent.
+    fn stored_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, LedgerError> {
+        let key = node_key(level, index);
+        let Some(v) = self.inner.shared.db.get(key)? else {
+            return Ok(None);
+        };
         <[u8; 32]>::try_from(v.as_ref())
             .map(Some)
             .map_err(|_| LedgerError::Corrupt {
@@ -442,16 +447,6 @@ impl Store {
                     v.len()
                 ),
             })
-    }
-
-    /// The stored (on-disk) node, bypassing the memory cache; `None` if absent.
-    fn stored_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, LedgerError> {
-        Ok(self
-            .inner
-            .shared
-            .db
-            .get(node_key(level, index))?
-            .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok()))
     }
 
     fn durable_value(&self, prefix: u8, index: u64) -> Result<Option<sled::IVec>, LedgerError> {

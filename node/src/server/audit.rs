@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::identity::pki::{Role, cert_identity};
+use crate::identity::pki::Role;
 use crate::ledger::{entry, proof};
 use crate::proto::v1::audit_server::Audit;
 use crate::proto::v1::{
@@ -35,14 +35,7 @@ impl AuditService {
 /// Refuses the call unless the client certificate carries `role` (the TLS layer already checked
 /// that it is this administration's).
 pub(crate) fn require_role<T>(request: &Request<T>, role: Role) -> Result<(), Status> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let cert = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let identity = cert_identity(cert)
-        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    let identity = super::exchange::peer_identity(request)?;
     if identity.role != role {
         return Err(Status::permission_denied(format!(
             "this service needs a certificate with role {role}; the client certificate has role {}",

@@ -61,17 +61,22 @@ pub(crate) async fn checkpoint_response(
     })
 }
 
-/// The administration of the TLS client, as verified at the handshake.
-pub(crate) fn peer_admin<T>(request: &Request<T>) -> Result<String, Status> {
+/// The identity (administration, role) in the TLS client certificate verified at the handshake.
+pub(crate) fn peer_identity<T>(
+    request: &Request<T>,
+) -> Result<crate::identity::pki::CertIdentity, Status> {
     let certs = request
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let cert = certs
         .first()
         .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    cert_identity(cert)
-        .map(|id| id.admin)
-        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+    cert_identity(cert).map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+}
+
+/// The administration of the TLS client, as verified at the handshake.
+pub(crate) fn peer_admin<T>(request: &Request<T>) -> Result<String, Status> {
+    peer_identity(request).map(|id| id.admin)
 }
 
 #[tonic::async_trait]

@@ -185,65 +185,55 @@ pub async fn start_on(
     // version's start), and payloads pass their retention: check every half minute, record each
     // agreement change and crypto-shred what is past retention.
     let lifecycle_task = {
-        let (state, mut stop) = (state.clone(), shutdown.subscribe());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(AGREEMENT_CHECK_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                    _ = tick.tick() => {}
+        let state = state.clone();
+        spawn_periodic(
+            shutdown.subscribe(),
+            AGREEMENT_CHECK_INTERVAL,
+            OnStop::Return,
+            move || {
+                let state = state.clone();
+                async move {
+                    if let Err(e) = state.record_agreement_changes().await {
+                        tracing::error!(error = %e, "could not record agreement changes in the ledger");
+                    }
+                    let now = crate::envelope::now_ms();
+                    if let Err(e) = crate::delivery::retention::sweep(&state, now).await {
+                        tracing::error!(error = %e, "retention sweep failed");
+                    }
                 }
-                if let Err(e) = state.record_agreement_changes().await {
-                    tracing::error!(error = %e, "could not record agreement changes in the ledger");
-                }
-                let now = crate::envelope::now_ms();
-                if let Err(e) = crate::delivery::retention::sweep(&state, now).await {
-                    tracing::error!(error = %e, "retention sweep failed");
-                }
-            }
-        })
+            },
+        )
     };
-    // Checkpoints: one right away, then whenever the ledger grew, every interval.
+    // Checkpoints: one right away, then whenever the ledger grew, every interval, and a last
+    // one on shutdown that covers everything the node acknowledged.
     let checkpoint_task = {
-        let (state, mut stop) = (state.clone(), shutdown.subscribe());
-        let every = Duration::from_millis(state.config.ledger.checkpoint_interval_ms);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let stopping = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => true,
-                    _ = tick.tick() => false,
-                };
-                // A last checkpoint on shutdown covers everything the node acknowledged.
-                if let Err(e) = state.checkpoints.publish().await {
-                    tracing::error!(error = %e, "could not publish a ledger checkpoint");
+        let state = state.clone();
+        spawn_periodic(
+            shutdown.subscribe(),
+            Duration::from_millis(state.config.ledger.checkpoint_interval_ms),
+            OnStop::RunOnceMore,
+            move || {
+                let state = state.clone();
+                async move {
+                    if let Err(e) = state.checkpoints.publish().await {
+                        tracing::error!(error = %e, "could not publish a ledger checkpoint");
+                    }
                 }
-                if stopping {
-                    return Ok(());
-                }
-            }
-        })
+            },
+        )
     };
     // Witnessing: fetch, check and cosign every partner's checkpoint each interval.
     let witness_task = {
-        let (state, mut stop) = (state.clone(), shutdown.subscribe());
-        let every = Duration::from_millis(state.config.ledger.witness_interval_ms);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                    _ = tick.tick() => {}
-                }
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                    () = crate::witness::round(&state) => {}
-                }
-            }
-        })
+        let state = state.clone();
+        spawn_periodic(
+            shutdown.subscribe(),
+            Duration::from_millis(state.config.ledger.witness_interval_ms),
+            OnStop::CancelJob,
+            move || {
+                let state = state.clone();
+                async move { crate::witness::round(&state).await }
+            },
+        )
     };
     tracing::info!(admin = state.admin(), %exchange_addr, %gateway_addr, "node serving");
     Ok(RunningNode {
@@ -258,6 +248,55 @@ pub async fn start_on(
             checkpoint_task,
             witness_task,
         ],
+    })
+}
+
+/// What a periodic task does when the node shuts down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnStop {
+    /// Finish the run in progress, then stop.
+    Return,
+    /// Finish the run in progress, run once more, then stop.
+    RunOnceMore,
+    /// Abandon the run in progress and stop.
+    CancelJob,
+}
+
+/// Runs `job` right away and then every `every` (a late tick waits, never bursts) until
+/// shutdown.
+fn spawn_periodic<F, Fut>(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    every: Duration,
+    on_stop: OnStop,
+    mut job: F,
+) -> JoinHandle<Result<(), tonic::transport::Error>>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = stop.wait_for(|s| *s) => true,
+                _ = tick.tick() => false,
+            };
+            if stopping {
+                if on_stop == OnStop::RunOnceMore {
+                    job().await;
+                }
+                return Ok(());
+            }
+            if on_stop == OnStop::CancelJob {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                    () = job() => {}
+                }
+            } else {
+                job().await;
+            }
+        }
     })
 }
 

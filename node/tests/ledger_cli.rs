@@ -110,6 +110,14 @@ fn ledger_tools_on_a_real_federation() {
         assert!(exp(admin).join("vkey").is_file());
         assert!(exp(admin).join("tile/entries/000.p").is_dir());
     }
+    // A directory that is not there is named as such.
+    let missing = tmp.path().join("no-such-export");
+    let line = fails(&["ledger", "verify", s(&missing)]);
+    assert!(
+        line.contains("no-such-export") && line.contains("No such file"),
+        "{line}"
+    );
+
     // An existing export is never overwritten.
     let line = fails(&[
         "ledger",

@@ -265,6 +265,11 @@ fn verify_with(
     dir: &Path,
     on_leaf: &mut dyn FnMut(u64, &[u8]),
 ) -> Result<VerifyReport, ExportError> {
+    // Name the directory itself when it is not there, rather than its first missing file.
+    std::fs::read_dir(dir).map_err(|source| ExportError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let vkey = read_vkey_file(dir)?;
     let note = read_note_file(dir, CHECKPOINT_FILE)?;
     let cp = check_checkpoint(&vkey, &note)?;

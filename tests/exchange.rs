@@ -251,6 +251,7 @@ async fn tampered_envelopes_are_rejected_and_recorded_as_rejected() {
         signature: vec![1; 10],
         sealed_payload: vec![2; 10],
         encapsulated_key: vec![],
+        ..Default::default()
     };
     let status = client.deliver(garbage).await.unwrap_err();
     assert_eq!(reason(&status), "REJECT_REASON_MALFORMED", "{status:?}");

@@ -35,6 +35,7 @@ impl Exchange for ForgingPartner {
             checkpoint: String::new(),
             ledger_size: 1,
             ledger_root: vec![0; 32],
+            items: Vec::new(),
         };
         Ok(Response::new(dccf_node::envelope::receipt::sign_receipt(
             &body, &self.key,

@@ -579,6 +579,7 @@ pub fn send_request_from_json(path: &Path, text: &str) -> Result<SendRequest, Cl
         ttl_seconds: file.ttl_seconds,
         message_id: file.message_id,
         consent_reference: file.consent_reference,
+        await_delivery: true,
     })
 }
 

@@ -244,6 +244,7 @@ async fn accept(
         checkpoint: state.checkpoints.latest_cosigned().unwrap_or_default(),
         ledger_size: head.size,
         ledger_root: head.root.to_vec(),
+        items: Vec::new(),
     };
     let receipt = sign_receipt(&body, state.identity.signing.signing_key());
     let ticket = {

@@ -250,6 +250,7 @@ async fn checked_send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRe
                 receipt: Some(receipt),
                 sent_ledger_index,
                 envelope_digest,
+                ..Default::default()
             });
         }
         Some(SentRecord {
@@ -321,6 +322,7 @@ async fn checked_send(state: &Arc<NodeState>, req: SendRequest) -> Result<SendRe
                     receipt: None,
                     envelope_digest: digest.to_vec(),
                     request_digest: req_digest.to_vec(),
+                    ..Default::default()
                 };
                 txn.put(sent_key(&message_id), record.encode_to_vec())
                     .map_err(|e| internal(&e))?;
@@ -425,6 +427,7 @@ async fn deliver(
             receipt: Some(receipt.clone()),
             envelope_digest: digest.to_vec(),
             request_digest: req_digest.to_vec(),
+            ..Default::default()
         };
         txn.put(sent_key(message_id), record.encode_to_vec())
             .map_err(|e| internal(&e))?;
@@ -437,6 +440,7 @@ async fn deliver(
         receipt: Some(receipt),
         sent_ledger_index: sent_index,
         envelope_digest: digest.to_vec(),
+        ..Default::default()
     })
 }
 

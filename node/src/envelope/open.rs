@@ -290,6 +290,7 @@ mod tests {
             header: header_bytes,
             sealed_payload: a.sealed_payload.clone(),
             encapsulated_key: a.encapsulated_key.clone(),
+            ..Default::default()
         };
         assert_eq!(
             receive(&rebound, &p).unwrap_err(),

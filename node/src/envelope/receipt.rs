@@ -98,6 +98,7 @@ mod tests {
             checkpoint: String::new(),
             ledger_size: 8,
             ledger_root: vec![1u8; 32],
+            items: Vec::new(),
         }
     }
 

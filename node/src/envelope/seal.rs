@@ -82,6 +82,7 @@ pub fn seal(
         ciphertext_digest: super::ciphertext_digest(&encapsulated_key, &sealed_payload).to_vec(),
         payload_commitment: payload_commitment.to_vec(),
         consent_reference: msg.consent_reference.to_owned(),
+        seal_mode: crate::proto::v1::SealMode::SingleShot as i32,
     }
     .encode_to_vec();
     let signature = sign_header(&header, signer);
@@ -90,6 +91,7 @@ pub fn seal(
         signature,
         sealed_payload,
         encapsulated_key,
+        ..Default::default()
     })
 }
 

@@ -42,6 +42,40 @@ impl Gateway for GatewayService {
             .map_err(|e| e.to_status())
     }
 
+    type SendStreamStream = Pin<Box<dyn Stream<Item = Result<SendResponse, Status>> + Send>>;
+
+    async fn send_stream(
+        &self,
+        request: Request<tonic::Streaming<SendRequest>>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
+        Err(Status::unimplemented("SendStream is not implemented yet"))
+    }
+
+    async fn list_outbox(
+        &self,
+        request: Request<crate::proto::v1::ListOutboxRequest>,
+    ) -> Result<Response<crate::proto::v1::ListOutboxResponse>, Status> {
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
+        Err(Status::unimplemented("ListOutbox is not implemented yet"))
+    }
+
+    async fn retry_outbox(
+        &self,
+        request: Request<crate::proto::v1::OutboxActionRequest>,
+    ) -> Result<Response<crate::proto::v1::OutboxActionResponse>, Status> {
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
+        Err(Status::unimplemented("RetryOutbox is not implemented yet"))
+    }
+
+    async fn cancel_outbox(
+        &self,
+        request: Request<crate::proto::v1::OutboxActionRequest>,
+    ) -> Result<Response<crate::proto::v1::OutboxActionResponse>, Status> {
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
+        Err(Status::unimplemented("CancelOutbox is not implemented yet"))
+    }
+
     type InboxStream = Pin<Box<dyn Stream<Item = Result<InboxMessage, Status>> + Send>>;
 
     async fn inbox(

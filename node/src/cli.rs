@@ -420,6 +420,7 @@ pub fn init(
         agreements_dir: "agreements".into(),
         limits: Limits::default(),
         ledger: Default::default(),
+        delivery: Default::default(),
     };
     crate::identity::keyfile::write_public(
         &staging.path().join("node.toml"),

@@ -61,6 +61,50 @@ pub struct NodeConfig {
     /// Ledger checkpoints and witnessing; every field has a default.
     #[serde(default)]
     pub ledger: LedgerSettings,
+    /// Outbox, retries and bulk mode; every field has a default.
+    #[serde(default)]
+    pub delivery: DeliverySettings,
+}
+
+/// How the outbox delivers to partners: retries, dead letters, bounds and bulk mode.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    /// Delivery attempts per message before it goes to the dead-letter queue.
+    pub max_attempts: u32,
+    /// Age after which an undelivered message goes to the dead-letter queue, seconds (messages
+    /// also go there once their envelope expires).
+    pub max_age_secs: u64,
+    /// First retry delay after a failed attempt, milliseconds; doubles per attempt (with jitter).
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay, milliseconds.
+    pub backoff_max_ms: u64,
+    /// Messages waiting per partner before `Send` answers RESOURCE_EXHAUSTED.
+    pub max_outbox_per_partner: u64,
+    /// Envelopes in flight per partner stream (sent, not yet answered).
+    pub window: usize,
+    /// Envelopes per signed batch on `SendStream` (bulk mode).
+    pub batch_size: usize,
+    /// Bulk-mode envelopes sealed under one HPKE epoch before a new one starts.
+    pub epoch_max_messages: u64,
+    /// Age after which a new HPKE epoch starts, seconds.
+    pub epoch_max_age_secs: u64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            max_attempts: 50,
+            max_age_secs: 24 * 3600,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 60_000,
+            max_outbox_per_partner: 100_000,
+            window: 1024,
+            batch_size: 256,
+            epoch_max_messages: 100_000,
+            epoch_max_age_secs: 3600,
+        }
+    }
 }
 
 /// How the node publishes signed checkpoints of its ledger and witnesses its partners' ledgers.
@@ -222,6 +266,51 @@ impl NodeConfig {
                 return Err(invalid(field, format!("{v} is outside 50..=86400000")));
             }
         }
+        let d = &self.delivery;
+        for (field, v, range) in [
+            (
+                "delivery.max_attempts",
+                u64::from(d.max_attempts),
+                1..=1_000_000,
+            ),
+            ("delivery.max_age_secs", d.max_age_secs, 1..=365 * 86_400),
+            (
+                "delivery.backoff_initial_ms",
+                d.backoff_initial_ms,
+                1..=3_600_000,
+            ),
+            ("delivery.backoff_max_ms", d.backoff_max_ms, 1..=86_400_000),
+            (
+                "delivery.max_outbox_per_partner",
+                d.max_outbox_per_partner,
+                1..=100_000_000,
+            ),
+            ("delivery.window", d.window as u64, 1..=65_536),
+            ("delivery.batch_size", d.batch_size as u64, 1..=4096),
+            (
+                "delivery.epoch_max_messages",
+                d.epoch_max_messages,
+                1..=u64::from(u32::MAX),
+            ),
+            (
+                "delivery.epoch_max_age_secs",
+                d.epoch_max_age_secs,
+                1..=7 * 86_400,
+            ),
+        ] {
+            if !range.contains(&v) {
+                return Err(invalid(
+                    field,
+                    format!("{v} is outside {}..={}", range.start(), range.end()),
+                ));
+            }
+        }
+        if d.backoff_max_ms < d.backoff_initial_ms {
+            return Err(invalid(
+                "delivery.backoff_max_ms",
+                "must not be less than delivery.backoff_initial_ms".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -289,7 +378,36 @@ origin = "{origin}"
 checkpoint_interval_ms = {checkpoint_interval_ms}
 # Fetch, check and cosign each partner's checkpoint this often, milliseconds.
 witness_interval_ms = {witness_interval_ms}
+
+[delivery]
+# Delivery attempts per message before it goes to the dead-letter queue.
+max_attempts = {max_attempts}
+# Age after which an undelivered message goes to the dead-letter queue, seconds.
+max_age_secs = {max_age_secs}
+# First retry delay after a failed attempt, milliseconds (doubles per attempt, with jitter).
+backoff_initial_ms = {backoff_initial_ms}
+# Longest retry delay, milliseconds.
+backoff_max_ms = {backoff_max_ms}
+# Messages waiting per partner before Send answers RESOURCE_EXHAUSTED.
+max_outbox_per_partner = {max_outbox_per_partner}
+# Envelopes in flight per partner stream.
+window = {window}
+# Envelopes per signed batch on SendStream (bulk mode).
+batch_size = {batch_size}
+# Bulk-mode envelopes per HPKE epoch.
+epoch_max_messages = {epoch_max_messages}
+# Age after which a new HPKE epoch starts, seconds.
+epoch_max_age_secs = {epoch_max_age_secs}
 "#,
+            max_attempts = self.delivery.max_attempts,
+            max_age_secs = self.delivery.max_age_secs,
+            backoff_initial_ms = self.delivery.backoff_initial_ms,
+            backoff_max_ms = self.delivery.backoff_max_ms,
+            max_outbox_per_partner = self.delivery.max_outbox_per_partner,
+            window = self.delivery.window,
+            batch_size = self.delivery.batch_size,
+            epoch_max_messages = self.delivery.epoch_max_messages,
+            epoch_max_age_secs = self.delivery.epoch_max_age_secs,
             origin = self.origin(),
             checkpoint_interval_ms = self.ledger.checkpoint_interval_ms,
             witness_interval_ms = self.ledger.witness_interval_ms,
@@ -337,6 +455,7 @@ mod tests {
             agreements_dir: "agreements".into(),
             limits: Limits::default(),
             ledger: LedgerSettings::default(),
+            delivery: DeliverySettings::default(),
         }
     }
 

@@ -16,8 +16,8 @@ use crate::envelope::{envelope_digest, now_ms};
 use crate::ledger::entry;
 use crate::policy::{self, MessageFacts};
 use crate::proto::v1::{
-    EntryKind, Envelope, EnvelopeHeader, InboxMessage, Receipt, ReceiptBody, ReceivedRecord,
-    RejectReason,
+    DeliveryResult, EntryKind, Envelope, EnvelopeHeader, InboxMessage, Receipt, ReceiptBody,
+    ReceiptItem, ReceivedRecord, RejectReason, Rejection, delivery_result,
 };
 use crate::state::NodeState;
 
@@ -31,40 +31,396 @@ pub fn received_key(sender: &str, message_id: &str) -> Vec<u8> {
 }
 
 /// Receives `envelope` from the partner authenticated as `peer_admin` by its TLS certificate.
-/// Returns the signed receipt (the original one for a duplicate) or the refusal.
+/// Returns the signed receipt (the original one for a duplicate; a batch receipt for a bulk-mode
+/// envelope) or the refusal, once the outcome is durable.
 pub async fn receive(
     state: &Arc<NodeState>,
     peer_admin: &str,
     envelope: Envelope,
 ) -> Result<Receipt, Refusal> {
-    let digest = envelope_digest(&envelope);
-    let st = state.clone();
-    let peer = peer_admin.to_owned();
-    // Signature checks and HPKE are CPU work: keep them off the async I/O threads.
-    let checked = tokio::task::spawn_blocking(move || {
-        let result = check_and_open(&st, &peer, &envelope, &digest);
-        (envelope, result)
-    })
-    .await
-    .map_err(|e| Refusal::retry_later(format!("internal error: {e}")))?;
-    match checked {
-        (_, Ok(Checked::Duplicate(receipt))) => Ok(*receipt),
-        (envelope, Ok(Checked::Accept(accepted))) => {
-            let (sender, id) = (
-                accepted.header.sender.clone(),
-                accepted.header.message_id.clone(),
-            );
-            let result = accept(state, &envelope, &digest, *accepted).await;
-            state.end_receive(&sender, &id);
-            result
+    let staged = stage_chunk(state, peer_admin, vec![envelope]).await;
+    let results = staged.finish(state).await;
+    match results.into_iter().next().and_then(|r| r.outcome) {
+        Some(delivery_result::Outcome::Receipt(receipt)) => Ok(receipt),
+        Some(delivery_result::Outcome::Rejection(r)) => Err(Refusal::new(
+            RejectReason::try_from(r.reason).unwrap_or(RejectReason::Unspecified),
+            r.message,
+        )),
+        None => Err(Refusal::retry_later("internal error: no outcome")),
+    }
+}
+
+/// The outcome of a chunk of envelopes, staged in the ledger in one go and not yet durable.
+#[must_use = "a staged chunk must be finished to release its messages and learn the outcome"]
+pub struct StagedChunk {
+    /// Completes when everything the chunk wrote is durable (`None`: nothing was written).
+    ticket: Option<crate::ledger::Ticket>,
+    /// One result per envelope (rejections and single receipts, in order), then one batch
+    /// receipt for the chunk's accepted bulk-mode envelopes.
+    results: Vec<DeliveryResult>,
+    /// (sender, message id) marked as being received until durable.
+    in_flight: Vec<(String, String)>,
+}
+
+impl StagedChunk {
+    /// Waits until the chunk is durable, releases its messages and returns the results. If the
+    /// store fails, every result becomes a transient refusal: nothing was acknowledged.
+    pub async fn finish(self, state: &NodeState) -> Vec<DeliveryResult> {
+        let durable = match self.ticket {
+            Some(t) => t.durable().await.map(|_| ()),
+            None => Ok(()),
+        };
+        for (sender, id) in &self.in_flight {
+            state.end_receive(sender, id);
         }
-        (envelope, Err(refusal)) => {
-            if !refusal.is_transient() {
-                record_refusal(state, peer_admin, &envelope, &digest, &refusal).await;
+        match durable {
+            Ok(()) => self.results,
+            Err(e) => {
+                let refusal = Refusal::retry_later(format!("internal error: {e}"));
+                self.results
+                    .into_iter()
+                    .map(|r| rejection(r.message_id, &refusal))
+                    .collect()
             }
-            Err(refusal)
         }
     }
+}
+
+/// Checks, opens and records a chunk of envelopes from `peer_admin`, in order, in one ledger
+/// transaction: every refusal recorded with its reason, every acceptance recorded, receipted and
+/// put in the inbox. Returns without waiting for durability, so that the next chunk can be
+/// checked while this one syncs; [`StagedChunk::finish`] waits.
+pub async fn stage_chunk(
+    state: &Arc<NodeState>,
+    peer_admin: &str,
+    envelopes: Vec<Envelope>,
+) -> StagedChunk {
+    let st = state.clone();
+    let peer = peer_admin.to_owned();
+    let count = envelopes.len();
+    // Signature checks and decryption are CPU work: keep them off the async I/O threads, and
+    // sign this chunk's receipts there too.
+    let staged =
+        tokio::task::spawn_blocking(move || stage_chunk_blocking(&st, &peer, envelopes)).await;
+    staged.unwrap_or_else(|e| StagedChunk {
+        ticket: None,
+        results: (0..count)
+            .map(|_| {
+                rejection(
+                    String::new(),
+                    &Refusal::retry_later(format!("internal error: {e}")),
+                )
+            })
+            .collect(),
+        in_flight: Vec::new(),
+    })
+}
+
+fn rejection(message_id: String, refusal: &Refusal) -> DeliveryResult {
+    DeliveryResult {
+        message_id,
+        outcome: Some(delivery_result::Outcome::Rejection(Rejection {
+            reason: refusal.reason as i32,
+            message: refusal.message.clone(),
+        })),
+    }
+}
+
+/// What happened to one envelope of a chunk while staging.
+enum Slot {
+    /// Refused; already staged in the ledger unless transient.
+    Refused(String, Refusal),
+    /// Already accepted before: the original receipt.
+    Duplicate(String, Box<Receipt>),
+    /// Accepted in this chunk, with the index of its ENVELOPE_RECEIVED entry.
+    Accepted {
+        accepted: Box<Accepted>,
+        digest: [u8; 32],
+        index: u64,
+        bulk: bool,
+    },
+}
+
+fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>) -> StagedChunk {
+    let checked: Vec<(Envelope, [u8; 32], Result<Checked, Refusal>)> = envelopes
+        .into_iter()
+        .map(|envelope| {
+            let digest = envelope_digest(&envelope);
+            let result = check_and_open(state, peer, &envelope, &digest);
+            (envelope, digest, result)
+        })
+        .collect();
+    let mut in_flight = Vec::new();
+    let mut slots = Vec::with_capacity(checked.len());
+    let received_at_ms = now_ms();
+    // First unit: the decisions (received / rejected), so receipts can name their entries.
+    let (head, first) = {
+        let mut txn = state.store.begin();
+        let mut wrote = false;
+        for (envelope, digest, result) in checked {
+            let (envelope, digest) = (&envelope, &digest);
+            let slot = match result {
+                Ok(Checked::Duplicate(receipt)) => {
+                    Slot::Duplicate(header_message_id(envelope), receipt)
+                }
+                Ok(Checked::Accept(accepted)) => {
+                    wrote = true;
+                    in_flight.push((
+                        accepted.header.sender.clone(),
+                        accepted.header.message_id.clone(),
+                    ));
+                    let index = entry::append(
+                        &mut txn,
+                        &entry::about_envelope(
+                            EntryKind::EnvelopeReceived,
+                            envelope,
+                            digest,
+                            &accepted.header.message_id,
+                            &accepted.header.sender,
+                        ),
+                    );
+                    Slot::Accepted {
+                        accepted,
+                        digest: *digest,
+                        index,
+                        bulk: !envelope.batch_header.is_empty(),
+                    }
+                }
+                Err(refusal) => {
+                    if !refusal.is_transient() {
+                        wrote = true;
+                        txn_refusal(&mut txn, peer, envelope, digest, &refusal);
+                    }
+                    Slot::Refused(header_message_id(envelope), refusal)
+                }
+            };
+            slots.push(slot);
+        }
+        let head = txn.staged_head();
+        // A chunk of duplicates writes nothing and need not wait for a sync.
+        (head, wrote.then(|| txn.commit()))
+    };
+    let checkpoint = state.checkpoints.latest_cosigned().unwrap_or_default();
+    let signer = state.identity.signing.signing_key();
+    let body =
+        |message_id: String, digest: Vec<u8>, index: u64, sender: String, items| ReceiptBody {
+            message_id,
+            sender,
+            recipient: state.admin().to_owned(),
+            envelope_digest: digest,
+            ledger_index: index,
+            received_at_ms,
+            checkpoint: checkpoint.clone(),
+            ledger_size: head.size,
+            ledger_root: head.root.to_vec(),
+            items,
+        };
+    // Bulk-mode envelopes accepted in this chunk share one batch receipt.
+    let items: Vec<ReceiptItem> = slots
+        .iter()
+        .filter_map(|s| match s {
+            Slot::Accepted {
+                accepted,
+                digest,
+                index,
+                bulk: true,
+            } => Some(ReceiptItem {
+                message_id: accepted.header.message_id.clone(),
+                envelope_digest: digest.to_vec(),
+                ledger_index: *index,
+            }),
+            _ => None,
+        })
+        .collect();
+    let batch_receipt = (!items.is_empty()).then(|| {
+        sign_receipt(
+            &body(String::new(), Vec::new(), 0, peer.to_owned(), items),
+            signer,
+        )
+    });
+    let mut results = Vec::with_capacity(slots.len() + 1);
+    let mut failure: Option<String> = None;
+    let second = {
+        let mut txn = state.store.begin();
+        let batch_receipt_index = batch_receipt.as_ref().map(|r| {
+            entry::append(
+                &mut txn,
+                &entry::about_receipt(EntryKind::ReceiptIssued, r, &[0; 32], "", peer),
+            )
+        });
+        for slot in slots {
+            match slot {
+                Slot::Refused(id, refusal) => results.push(rejection(id, &refusal)),
+                Slot::Duplicate(id, receipt) => results.push(DeliveryResult {
+                    message_id: id,
+                    outcome: Some(delivery_result::Outcome::Receipt(*receipt)),
+                }),
+                Slot::Accepted {
+                    accepted,
+                    digest,
+                    index,
+                    bulk,
+                } => {
+                    let header = &accepted.header;
+                    let (receipt, receipt_index) = if bulk {
+                        (None, batch_receipt_index.unwrap_or_default())
+                    } else {
+                        let receipt = sign_receipt(
+                            &body(
+                                header.message_id.clone(),
+                                digest.to_vec(),
+                                index,
+                                header.sender.clone(),
+                                Vec::new(),
+                            ),
+                            signer,
+                        );
+                        let at = entry::append(
+                            &mut txn,
+                            &entry::about_receipt(
+                                EntryKind::ReceiptIssued,
+                                &receipt,
+                                &digest,
+                                &header.message_id,
+                                &header.sender,
+                            ),
+                        );
+                        results.push(DeliveryResult {
+                            message_id: header.message_id.clone(),
+                            outcome: Some(delivery_result::Outcome::Receipt(receipt.clone())),
+                        });
+                        (Some(receipt), at)
+                    };
+                    if let Err(e) = stage_acceptance(
+                        &mut txn,
+                        state,
+                        *accepted,
+                        &digest,
+                        index,
+                        receipt,
+                        receipt_index,
+                        received_at_ms,
+                    ) {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        if let Some(r) = &batch_receipt {
+            results.push(DeliveryResult {
+                message_id: String::new(),
+                outcome: Some(delivery_result::Outcome::Receipt(r.clone())),
+            });
+        }
+        if failure.is_some() || (batch_receipt_index.is_none() && in_flight.is_empty()) {
+            // Nothing to write, or a failure: then nothing of the second unit is written; the
+            // first (decisions) stays, harmlessly: the sender retries and, the dedupe record
+            // being absent, the envelope is accepted again.
+            drop(txn);
+            None
+        } else {
+            Some(txn.commit())
+        }
+    };
+    if let Some(e) = failure {
+        let refusal = Refusal::retry_later(format!("internal error: {e}"));
+        results = results
+            .into_iter()
+            .map(|r| rejection(r.message_id, &refusal))
+            .collect();
+        return StagedChunk {
+            ticket: first,
+            results,
+            in_flight,
+        };
+    }
+    for r in &results {
+        if let Some(delivery_result::Outcome::Rejection(rej)) = &r.outcome
+            && rej.reason != RejectReason::Unspecified as i32
+        {
+            tracing::warn!(
+                peer,
+                message_id = %r.message_id,
+                reason = RejectReason::try_from(rej.reason).map(|r| r.as_str_name()).unwrap_or("?"),
+                detail = %rej.message,
+                "envelope rejected"
+            );
+        }
+    }
+    StagedChunk {
+        // Units complete in order: the second one durable means the first is too.
+        ticket: second.or(first),
+        results,
+        in_flight,
+    }
+}
+
+fn header_message_id(envelope: &Envelope) -> String {
+    EnvelopeHeader::decode(envelope.header.as_slice())
+        .map(|h| h.message_id)
+        .unwrap_or_default()
+}
+
+/// Stages the dedupe record, onward-transfer digest and inbox record of an accepted envelope.
+#[allow(clippy::too_many_arguments)]
+fn stage_acceptance(
+    txn: &mut crate::ledger::Txn<'_>,
+    state: &NodeState,
+    accepted: Accepted,
+    digest: &[u8; 32],
+    index: u64,
+    receipt: Option<Receipt>,
+    receipt_ledger_index: u64,
+    received_at_ms: i64,
+) -> Result<(), String> {
+    let header = &accepted.header;
+    let record = ReceivedRecord {
+        envelope_digest: digest.to_vec(),
+        ledger_index: index,
+        receipt,
+        receipt_ledger_index,
+    };
+    txn.put(
+        received_key(&header.sender, &header.message_id),
+        record.encode_to_vec(),
+    )
+    .map_err(|e| e.to_string())?;
+    if accepted.no_onward_transfer {
+        super::onward::stage_received(
+            txn,
+            &state.onward_salt,
+            &accepted.payload,
+            &header.sender,
+            &header.agreement_id,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    inbox::stage(
+        txn,
+        &InboxMessage {
+            message_id: header.message_id.clone(),
+            agreement_id: header.agreement_id.clone(),
+            sender: header.sender.clone(),
+            message_type: header.message_type.clone(),
+            payload: accepted.payload,
+            in_reply_to: header.in_reply_to.clone(),
+            created_at_ms: header.created_at_ms,
+            received_at_ms,
+            ledger_index: index,
+            envelope_digest: digest.to_vec(),
+            consent_reference: header.consent_reference.clone(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    tracing::debug!(
+        message_id = %header.message_id,
+        sender = %header.sender,
+        message_type = %header.message_type,
+        agreement = %header.agreement_id,
+        ledger_index = index,
+        "envelope accepted"
+    );
+    Ok(())
 }
 
 enum Checked {
@@ -203,126 +559,30 @@ fn duplicate(
             ),
         ));
     }
-    record
-        .receipt
+    if let Some(receipt) = record.receipt {
+        return Ok(Some(receipt));
+    }
+    let stored = state
+        .store
+        .entry(record.receipt_ledger_index)
+        .map_err(|e| internal(e.to_string()))?
+        .ok_or_else(|| internal("dedupe record without receipt".into()))?;
+    entry::parse(&stored)
+        .ok()
+        .and_then(|e| e.receipt)
         .map(Some)
-        .ok_or_else(|| internal("dedupe record without receipt".into()))
+        .ok_or_else(|| internal("dedupe record points to an entry without receipt".into()))
 }
 
-async fn accept(
-    state: &Arc<NodeState>,
-    envelope: &Envelope,
-    digest: &[u8; 32],
-    accepted: Accepted,
-) -> Result<Receipt, Refusal> {
-    let internal = |e: String| Refusal::retry_later(format!("internal error: {e}"));
-    let header = &accepted.header;
-    let received_at_ms = now_ms();
-    let (index, head) = {
-        let mut txn = state.store.begin();
-        let index = entry::append(
-            &mut txn,
-            &entry::about_envelope(
-                EntryKind::EnvelopeReceived,
-                envelope,
-                digest,
-                &header.message_id,
-                &header.sender,
-            ),
-        );
-        let head = txn.staged_head();
-        txn.commit();
-        (index, head)
-    };
-    let body = ReceiptBody {
-        message_id: header.message_id.clone(),
-        sender: header.sender.clone(),
-        recipient: header.recipient.clone(),
-        envelope_digest: digest.to_vec(),
-        ledger_index: index,
-        received_at_ms,
-        checkpoint: state.checkpoints.latest_cosigned().unwrap_or_default(),
-        ledger_size: head.size,
-        ledger_root: head.root.to_vec(),
-        items: Vec::new(),
-    };
-    let receipt = sign_receipt(&body, state.identity.signing.signing_key());
-    let ticket = {
-        let mut txn = state.store.begin();
-        entry::append(
-            &mut txn,
-            &entry::about_receipt(
-                EntryKind::ReceiptIssued,
-                &receipt,
-                digest,
-                &header.message_id,
-                &header.sender,
-            ),
-        );
-        let record = ReceivedRecord {
-            envelope_digest: digest.to_vec(),
-            ledger_index: index,
-            receipt: Some(receipt.clone()),
-        };
-        txn.put(
-            received_key(&header.sender, &header.message_id),
-            record.encode_to_vec(),
-        )
-        .map_err(|e| internal(e.to_string()))?;
-        if accepted.no_onward_transfer {
-            super::onward::stage_received(
-                &mut txn,
-                &state.onward_salt,
-                &accepted.payload,
-                &header.sender,
-                &header.agreement_id,
-            )
-            .map_err(|e| internal(e.to_string()))?;
-        }
-        inbox::stage(
-            &mut txn,
-            &InboxMessage {
-                message_id: header.message_id.clone(),
-                agreement_id: header.agreement_id.clone(),
-                sender: header.sender.clone(),
-                message_type: header.message_type.clone(),
-                payload: accepted.payload,
-                in_reply_to: header.in_reply_to.clone(),
-                created_at_ms: header.created_at_ms,
-                received_at_ms,
-                ledger_index: index,
-                envelope_digest: digest.to_vec(),
-                consent_reference: header.consent_reference.clone(),
-            },
-        )
-        .map_err(|e| internal(e.to_string()))?;
-        txn.commit()
-    };
-    ticket
-        .durable()
-        .await
-        .map_err(|e| internal(e.to_string()))?;
-    tracing::info!(
-        message_id = %header.message_id,
-        sender = %header.sender,
-        message_type = %header.message_type,
-        agreement = %header.agreement_id,
-        ledger_index = index,
-        "envelope accepted"
-    );
-    Ok(receipt)
-}
-
-async fn record_refusal(
-    state: &Arc<NodeState>,
+/// Stages the ENVELOPE_REJECTED entry of a refusal.
+fn txn_refusal(
+    txn: &mut crate::ledger::Txn<'_>,
     peer_admin: &str,
     envelope: &Envelope,
     digest: &[u8; 32],
     refusal: &Refusal,
 ) {
-    let message_id = EnvelopeHeader::decode(envelope.header.as_slice())
-        .map(|h| h.message_id)
-        .unwrap_or_default();
+    let message_id = header_message_id(envelope);
     let mut rejected = entry::about_envelope(
         EntryKind::EnvelopeRejected,
         envelope,
@@ -336,19 +596,5 @@ async fn record_refusal(
         rejected.envelope_signature.clear();
     }
     let rejected = entry::with_refusal(rejected, refusal.reason, &refusal.message);
-    let ticket = {
-        let mut txn = state.store.begin();
-        entry::append(&mut txn, &rejected);
-        txn.commit()
-    };
-    if let Err(e) = ticket.durable().await {
-        tracing::error!(error = %e, "could not record a rejection in the ledger");
-    }
-    tracing::warn!(
-        peer = peer_admin,
-        message_id = %message_id,
-        reason = refusal.reason.as_str_name(),
-        detail = %refusal.message,
-        "envelope rejected"
-    );
+    entry::append(txn, &rejected);
 }

@@ -9,6 +9,7 @@ pub mod inbound;
 pub mod inbox;
 pub mod onward;
 pub mod outbound;
+pub mod outbox;
 pub mod peers;
 pub mod retention;
 

@@ -11,7 +11,7 @@ use crate::identity::pki::cert_identity;
 use crate::proto::v1::exchange_server::Exchange;
 use crate::proto::v1::{
     CheckpointRequest, CheckpointResponse, CosignatureRequest, CosignatureResponse, DeliveryResult,
-    Envelope, Receipt, Rejection, delivery_result,
+    Envelope, Receipt,
 };
 use crate::state::NodeState;
 
@@ -144,38 +144,88 @@ impl Exchange for ExchangeService {
         let peer = peer_admin(&request)?;
         let mut incoming = request.into_inner();
         let state = self.state.clone();
-        // Bounded: when the partner stops reading results we stop reading envelopes.
-        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        // Bounded everywhere: one chunk being checked, STAGED_CHUNKS waiting for durability and
+        // RESULTS_BUFFERED results not yet read by the partner. When the partner stops reading
+        // results we stop reading envelopes, and HTTP/2 flow control stops the partner.
+        let (results_tx, results_rx) = tokio::sync::mpsc::channel(RESULTS_BUFFERED);
+        let (staged_tx, mut staged_rx) = tokio::sync::mpsc::channel(STAGED_CHUNKS);
+        let reader_state = state.clone();
         tokio::spawn(async move {
-            while let Some(next) = incoming.next().await {
-                let envelope = match next {
-                    Ok(e) => e,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+            loop {
+                let first = match incoming.next().await {
+                    None => return,
+                    Some(Err(status)) => {
+                        let _ = staged_tx.send(Staged::Failed(status)).await;
                         return;
                     }
+                    Some(Ok(envelope)) => envelope,
                 };
-                let message_id = crate::envelope::open::parse_header(&envelope)
-                    .map(|h| h.message_id)
-                    .unwrap_or_default();
-                let outcome = match inbound::receive(&state, &peer, envelope).await {
-                    Ok(receipt) => delivery_result::Outcome::Receipt(receipt),
-                    Err(r) => delivery_result::Outcome::Rejection(Rejection {
-                        reason: r.reason as i32,
-                        message: r.message,
-                    }),
-                };
-                let result = DeliveryResult {
-                    message_id,
-                    outcome: Some(outcome),
-                };
-                if tx.send(Ok(result)).await.is_err() {
+                let mut chunk = vec![first];
+                let mut failed = None;
+                // Take what has already arrived, up to a chunk, without waiting for more.
+                while chunk.len() < MAX_CHUNK {
+                    match next_ready(&mut incoming) {
+                        Some(Some(Ok(envelope))) => chunk.push(envelope),
+                        Some(Some(Err(status))) => {
+                            failed = Some(status);
+                            break;
+                        }
+                        Some(None) | None => break,
+                    }
+                }
+                let staged = inbound::stage_chunk(&reader_state, &peer, chunk).await;
+                if staged_tx.send(Staged::Chunk(staged)).await.is_err() {
+                    return;
+                }
+                if let Some(status) = failed {
+                    let _ = staged_tx.send(Staged::Failed(status)).await;
                     return;
                 }
             }
         });
+        tokio::spawn(async move {
+            while let Some(staged) = staged_rx.recv().await {
+                match staged {
+                    Staged::Chunk(chunk) => {
+                        for result in chunk.finish(&state).await {
+                            if results_tx.send(Ok(result)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Staged::Failed(status) => {
+                        let _ = results_tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            tokio_stream::wrappers::ReceiverStream::new(results_rx),
         )))
+    }
+}
+
+/// Envelopes checked and recorded in one ledger transaction on a stream, at most.
+const MAX_CHUNK: usize = 256;
+/// Chunks of a stream recorded but not yet durable, at most.
+const STAGED_CHUNKS: usize = 2;
+/// Results of a stream waiting for the partner to read them, at most.
+const RESULTS_BUFFERED: usize = 2 * MAX_CHUNK;
+
+/// A stream's next step for the result writer.
+enum Staged {
+    /// A chunk recorded, waiting for durability.
+    Chunk(inbound::StagedChunk),
+    /// The stream failed (bad frame, too large, reset): report it after the earlier results.
+    Failed(Status),
+}
+
+/// The stream's next item if it is already there: `Some(item)` or `None` when it would wait.
+fn next_ready<S: Stream + Unpin>(stream: &mut S) -> Option<Option<S::Item>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(stream).poll_next(&mut cx) {
+        std::task::Poll::Ready(item) => Some(item),
+        std::task::Poll::Pending => None,
     }
 }

@@ -531,6 +531,8 @@ async fn a_receiver_sigkilled_at_random_moments_keeps_acknowledged_messages_and_
                 // NL gives up on a dead BR quickly.
                 config.limits.connect_timeout_secs = 2;
                 config.limits.request_timeout_secs = 5;
+                // ... and keeps retrying through every kill.
+                config.delivery.max_attempts = 1_000_000;
             }
         },
         &["BR"],

@@ -10,7 +10,7 @@ use dccf_node::proto::v1::{DeliveryResult, EntryKind, Envelope, Receipt, Receipt
 use dccf_node::server::tls::{self, PeerVerifier, TrustSource};
 use dccf_tests::*;
 use prost::Message;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 const ALERT: &str = "dccf.v1.RiskAlert";
@@ -23,22 +23,9 @@ struct ForgingPartner {
 #[tonic::async_trait]
 impl Exchange for ForgingPartner {
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<Receipt>, Status> {
-        let env = request.into_inner();
-        let header = dccf_node::proto::v1::EnvelopeHeader::decode(env.header.as_slice()).unwrap();
-        let body = ReceiptBody {
-            message_id: header.message_id,
-            sender: header.sender,
-            recipient: header.recipient,
-            envelope_digest: dccf_node::envelope::envelope_digest(&env).to_vec(),
-            ledger_index: 0,
-            received_at_ms: dccf_node::envelope::now_ms(),
-            checkpoint: String::new(),
-            ledger_size: 1,
-            ledger_root: vec![0; 32],
-            items: Vec::new(),
-        };
-        Ok(Response::new(dccf_node::envelope::receipt::sign_receipt(
-            &body, &self.key,
+        Ok(Response::new(forged_receipt(
+            &self.key,
+            &request.into_inner(),
         )))
     }
 
@@ -47,9 +34,20 @@ impl Exchange for ForgingPartner {
 
     async fn deliver_stream(
         &self,
-        _request: Request<Streaming<Envelope>>,
+        request: Request<Streaming<Envelope>>,
     ) -> Result<Response<Self::DeliverStreamStream>, Status> {
-        Err(Status::unimplemented("not in this stand-in"))
+        let key = self.key.clone();
+        let results = request.into_inner().map(move |envelope| {
+            let envelope = envelope?;
+            let receipt = forged_receipt(&key, &envelope);
+            Ok(DeliveryResult {
+                message_id: String::new(),
+                outcome: Some(dccf_node::proto::v1::delivery_result::Outcome::Receipt(
+                    receipt,
+                )),
+            })
+        });
+        Ok(Response::new(Box::pin(results)))
     }
 
     async fn get_checkpoint(
@@ -65,6 +63,24 @@ impl Exchange for ForgingPartner {
     ) -> Result<Response<dccf_node::proto::v1::CosignatureResponse>, Status> {
         Err(Status::unimplemented("not in this stand-in"))
     }
+}
+
+/// A receipt that states the right envelope but is signed with `key`.
+fn forged_receipt(key: &ed25519_dalek::SigningKey, env: &Envelope) -> Receipt {
+    let header = dccf_node::proto::v1::EnvelopeHeader::decode(env.header.as_slice()).unwrap();
+    let body = ReceiptBody {
+        message_id: header.message_id,
+        sender: header.sender,
+        recipient: header.recipient,
+        envelope_digest: dccf_node::envelope::envelope_digest(env).to_vec(),
+        ledger_index: 0,
+        received_at_ms: dccf_node::envelope::now_ms(),
+        checkpoint: String::new(),
+        ledger_size: 1,
+        ledger_root: vec![0; 32],
+        items: Vec::new(),
+    };
+    dccf_node::envelope::receipt::sign_receipt(&body, key)
 }
 
 #[derive(Debug)]
@@ -126,10 +142,23 @@ async fn a_receipt_that_does_not_verify_is_refused_and_not_recorded_as_delivered
         .iter()
         .map(|e| e.kind())
         .collect();
-    assert_eq!(
-        kinds,
-        [EntryKind::EnvelopeSent],
-        "no receipt recorded for a forged receipt"
+    assert_eq!(kinds[0], EntryKind::EnvelopeSent);
+    assert!(
+        !kinds.contains(&EntryKind::ReceiptReceived),
+        "no receipt recorded for a forged receipt: {kinds:?}"
+    );
+    // The attempt is recorded as failed and the message waits in the outbox for a retry.
+    assert!(kinds.contains(&EntryKind::DeliveryFailed), "{kinds:?}");
+    let outbox = fed
+        .gateway("NL")
+        .list_outbox(dccf_node::proto::v1::ListOutboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outbox.items.len(), 1, "{outbox:?}");
+    assert!(
+        outbox.items[0].last_error.contains("invalid receipt"),
+        "{outbox:?}"
     );
     server.abort();
 }

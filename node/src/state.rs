@@ -53,6 +53,8 @@ pub struct NodeState {
     pub rates: crate::policy::RateLimiter,
     /// Salt of the payload digests that enforce onward-transfer rules.
     pub onward_salt: Vec<u8>,
+    /// Background delivery from the outbox.
+    pub courier: crate::delivery::courier::Courier,
     agreements: RwLock<Arc<AgreementSet>>,
     in_flight: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -87,6 +89,7 @@ impl NodeState {
             own_ca_der,
             rates: Default::default(),
             onward_salt,
+            courier: Default::default(),
             agreements: RwLock::new(Arc::new(agreements)),
             in_flight: Default::default(),
         };

@@ -123,6 +123,9 @@ impl Federation {
                 .expect("federation setup");
         let mut out = Vec::new();
         for (mut config, exchange, gateway) in prepared {
+            // Tests restart partners within seconds: retry quickly (a test may override).
+            config.delivery.backoff_initial_ms = 50;
+            config.delivery.backoff_max_ms = 500;
             tweak(&mut config);
             let node = if not_started.contains(&config.admin.as_str()) {
                 None

@@ -153,10 +153,14 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
     let mut in_flight = Vec::new();
     let mut slots = Vec::with_capacity(checked.len());
     let received_at_ms = now_ms();
-    // First unit: the decisions (received / rejected), so receipts can name their entries.
-    let (head, first) = {
-        let mut txn = state.store.begin();
-        let mut wrote = false;
+    // One unit for the whole chunk: decisions (received / rejected), receipts naming those
+    // entries and the ledger head that includes them, dedupe and inbox records. Were they split,
+    // a crash between two units could leave an acceptance without its dedupe record, and the
+    // retry would be accepted twice. Signing happens under the staging lock: one signature per
+    // chunk in bulk mode.
+    let mut txn = state.store.begin();
+    let mut wrote = false;
+    let head = {
         for (envelope, digest, result) in checked {
             let (envelope, digest) = (&envelope, &digest);
             let slot = match result {
@@ -196,9 +200,7 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
             };
             slots.push(slot);
         }
-        let head = txn.staged_head();
-        // A chunk of duplicates writes nothing and need not wait for a sync.
-        (head, wrote.then(|| txn.commit()))
+        txn.staged_head()
     };
     let checkpoint = state.checkpoints.latest_cosigned().unwrap_or_default();
     let signer = state.identity.signing.signing_key();
@@ -240,8 +242,7 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
     });
     let mut results = Vec::with_capacity(slots.len() + 1);
     let mut failure: Option<String> = None;
-    let second = {
-        let mut txn = state.store.begin();
+    let ticket = {
         let batch_receipt_index = batch_receipt.as_ref().map(|r| {
             entry::append(
                 &mut txn,
@@ -312,10 +313,9 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
                 outcome: Some(delivery_result::Outcome::Receipt(r.clone())),
             });
         }
-        if failure.is_some() || (batch_receipt_index.is_none() && in_flight.is_empty()) {
-            // Nothing to write, or a failure: then nothing of the second unit is written; the
-            // first (decisions) stays, harmlessly: the sender retries and, the dedupe record
-            // being absent, the envelope is accepted again.
+        if failure.is_some() || !wrote {
+            // A failure: nothing of the chunk is written and the sender retries. No decision
+            // (only duplicates or transient refusals): nothing to write or sync.
             drop(txn);
             None
         } else {
@@ -329,7 +329,7 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
             .map(|r| rejection(r.message_id, &refusal))
             .collect();
         return StagedChunk {
-            ticket: first,
+            ticket: None,
             results,
             in_flight,
         };
@@ -348,8 +348,7 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
         }
     }
     StagedChunk {
-        // Units complete in order: the second one durable means the first is too.
-        ticket: second.or(first),
+        ticket,
         results,
         in_flight,
     }

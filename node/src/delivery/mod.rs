@@ -1,15 +1,20 @@
-//! Moving messages: the receive pipeline ([`inbound`]), the send pipeline ([`outbound`]), the
-//! durable inbox the back office reads ([`inbox`]) and connections to partner nodes ([`peers`]).
+//! Moving messages: the send pipeline ([`outbound`]) into the durable [`outbox`], background
+//! delivery ([`courier`]), the receive pipeline ([`inbound`]), the durable inbox the back office
+//! reads ([`inbox`]), operator actions on the outbox ([`outbox_admin`]) and connections to
+//! partner nodes ([`peers`]).
 //!
-//! Follow a message: `Gateway.Send` → [`outbound::send`] (policy, seal, ledger, deliver) →
-//! partner's `Exchange.Deliver` → [`inbound::receive`] (verify, open, policy, ledger, receipt) →
-//! [`inbox`] → partner's `Gateway.Inbox`.
+//! Follow a message: `Gateway.Send`/`SendStream` → [`outbound`] (policy, seal, ledger, outbox)
+//! → [`courier`] → partner's `Exchange.DeliverStream` → [`inbound`] (verify, open, policy,
+//! ledger, receipt) → [`inbox`] → partner's `Gateway.Inbox`; the receipt comes back to the
+//! courier, which records it and takes the message out of the outbox.
 
+pub mod courier;
 pub mod inbound;
 pub mod inbox;
 pub mod onward;
 pub mod outbound;
 pub mod outbox;
+pub mod outbox_admin;
 pub mod peers;
 pub mod retention;
 
@@ -137,4 +142,14 @@ pub fn check_payload(
             format!("payload is not a valid {message_type}: {e}"),
         )
     })
+}
+
+/// The stream's next item if it has already arrived: `Some(item)`, or `None` when polling would
+/// wait. Lets a reader take what is buffered as one chunk without waiting for more.
+pub fn next_ready<S: tokio_stream::Stream + Unpin>(stream: &mut S) -> Option<Option<S::Item>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(stream).poll_next(&mut cx) {
+        std::task::Poll::Ready(item) => Some(item),
+        std::task::Poll::Pending => None,
+    }
 }

@@ -221,7 +221,10 @@ mod tests {
         let c = key(Queue::Queued, "BR-X", 1);
         assert!(a < b && b < c);
         assert_eq!(parse_key(Queue::Queued, &b), Some(("BR".into(), 10)));
-        assert_eq!(parse_key(Queue::Dead, &key(Queue::Dead, "DE", 7)), Some(("DE".into(), 7)));
+        assert_eq!(
+            parse_key(Queue::Dead, &key(Queue::Dead, "DE", 7)),
+            Some(("DE".into(), 7))
+        );
         // A queued key is never read as a dead-letter key and the other way round.
         assert_eq!(parse_key(Queue::Dead, &a), None);
     }

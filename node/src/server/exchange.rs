@@ -164,7 +164,7 @@ impl Exchange for ExchangeService {
                 let mut failed = None;
                 // Take what has already arrived, up to a chunk, without waiting for more.
                 while chunk.len() < MAX_CHUNK {
-                    match next_ready(&mut incoming) {
+                    match crate::delivery::next_ready(&mut incoming) {
                         Some(Some(Ok(envelope))) => chunk.push(envelope),
                         Some(Some(Err(status))) => {
                             failed = Some(status);
@@ -219,13 +219,4 @@ enum Staged {
     Chunk(inbound::StagedChunk),
     /// The stream failed (bad frame, too large, reset): report it after the earlier results.
     Failed(Status),
-}
-
-/// The stream's next item if it is already there: `Some(item)` or `None` when it would wait.
-fn next_ready<S: Stream + Unpin>(stream: &mut S) -> Option<Option<S::Item>> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::Pin::new(stream).poll_next(&mut cx) {
-        std::task::Poll::Ready(item) => Some(item),
-        std::task::Poll::Pending => None,
-    }
 }

@@ -29,6 +29,9 @@ impl GatewayService {
     }
 }
 
+/// Requests of a `SendStream` sealed and queued in one ledger transaction, at most.
+const SEND_CHUNK: usize = 256;
+
 /// Inbox messages read from storage per batch while streaming.
 const INBOX_PAGE: usize = 64;
 
@@ -49,7 +52,67 @@ impl Gateway for GatewayService {
         request: Request<tonic::Streaming<SendRequest>>,
     ) -> Result<Response<Self::SendStreamStream>, Status> {
         super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
-        Err(Status::unimplemented("SendStream is not implemented yet"))
+        let mut incoming = request.into_inner();
+        let state = self.state.clone();
+        // Bounded like the Exchange stream: one chunk being sealed, a few waiting for
+        // durability, a bounded number of responses unread.
+        let (responses_tx, responses_rx) = tokio::sync::mpsc::channel(2 * SEND_CHUNK);
+        let (chunks_tx, mut chunks_rx) =
+            tokio::sync::mpsc::channel::<Result<outbound::StagedSends, Status>>(2);
+        let reader_state = state.clone();
+        tokio::spawn(async move {
+            use tokio_stream::StreamExt;
+            loop {
+                let first = match incoming.next().await {
+                    None => return,
+                    Some(Err(status)) => {
+                        let _ = chunks_tx.send(Err(status)).await;
+                        return;
+                    }
+                    Some(Ok(r)) => r,
+                };
+                let mut chunk = vec![first];
+                let mut failed = None;
+                while chunk.len() < SEND_CHUNK {
+                    match crate::delivery::next_ready(&mut incoming) {
+                        Some(Some(Ok(r))) => chunk.push(r),
+                        Some(Some(Err(status))) => {
+                            failed = Some(status);
+                            break;
+                        }
+                        Some(None) | None => break,
+                    }
+                }
+                // Staged in order; the next chunk is sealed while this one syncs.
+                let staged = outbound::stage_sends(&reader_state, chunk).await;
+                if chunks_tx.send(Ok(staged)).await.is_err() {
+                    return;
+                }
+                if let Some(status) = failed {
+                    let _ = chunks_tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(next) = chunks_rx.recv().await {
+                let staged = match next {
+                    Ok(staged) => staged,
+                    Err(status) => {
+                        let _ = responses_tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                for r in staged.finish(&state).await {
+                    if responses_tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(responses_rx),
+        )))
     }
 
     async fn list_outbox(
@@ -57,7 +120,9 @@ impl Gateway for GatewayService {
         request: Request<crate::proto::v1::ListOutboxRequest>,
     ) -> Result<Response<crate::proto::v1::ListOutboxResponse>, Status> {
         super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
-        Err(Status::unimplemented("ListOutbox is not implemented yet"))
+        crate::delivery::outbox_admin::list(&self.state, &request.into_inner())
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 
     async fn retry_outbox(
@@ -65,7 +130,10 @@ impl Gateway for GatewayService {
         request: Request<crate::proto::v1::OutboxActionRequest>,
     ) -> Result<Response<crate::proto::v1::OutboxActionResponse>, Status> {
         super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
-        Err(Status::unimplemented("RetryOutbox is not implemented yet"))
+        crate::delivery::outbox_admin::retry(&self.state, &request.into_inner().message_ids)
+            .await
+            .map(|affected| Response::new(crate::proto::v1::OutboxActionResponse { affected }))
+            .map_err(|e| e.to_status())
     }
 
     async fn cancel_outbox(
@@ -73,7 +141,10 @@ impl Gateway for GatewayService {
         request: Request<crate::proto::v1::OutboxActionRequest>,
     ) -> Result<Response<crate::proto::v1::OutboxActionResponse>, Status> {
         super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
-        Err(Status::unimplemented("CancelOutbox is not implemented yet"))
+        crate::delivery::outbox_admin::cancel(&self.state, &request.into_inner().message_ids)
+            .await
+            .map(|affected| Response::new(crate::proto::v1::OutboxActionResponse { affected }))
+            .map_err(|e| e.to_status())
     }
 
     type InboxStream = Pin<Box<dyn Stream<Item = Result<InboxMessage, Status>> + Send>>;

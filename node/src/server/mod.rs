@@ -139,8 +139,8 @@ pub async fn start_on(
             .layer(size_limit::TooLargeIsResourceExhausted)
     };
     let exchange_timeout = Duration::from_secs(limits.request_timeout_secs);
-    // A Gateway Send includes connecting to and waiting for the partner: its deadline covers
-    // both, so the back office hears the partner's outcome rather than a generic timeout.
+    // A Gateway Send with `await_delivery` includes connecting to and waiting for the partner:
+    // its deadline covers both, so the back office hears the outcome, not a generic timeout.
     let gateway_timeout =
         Duration::from_secs(limits.connect_timeout_secs + limits.request_timeout_secs + 5);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -235,6 +235,13 @@ pub async fn start_on(
             },
         )
     };
+    // Delivery from the outbox, one worker per partner with queued messages.
+    let courier_task = crate::delivery::courier::Courier::start(&state, shutdown.subscribe())
+        .map_err(|e| {
+            StateError::Ledger(crate::ledger::LedgerError::Corrupt {
+                what: e.to_string(),
+            })
+        })?;
     tracing::info!(admin = state.admin(), %exchange_addr, %gateway_addr, "node serving");
     Ok(RunningNode {
         exchange_addr,
@@ -247,6 +254,7 @@ pub async fn start_on(
             lifecycle_task,
             checkpoint_task,
             witness_task,
+            courier_task,
         ],
     })
 }

@@ -1,11 +1,14 @@
 //! Criterion micro-benchmarks of the hot primitives: envelope seal+sign and verify+open of a
-//! 1 KiB declaration, and a durable ledger commit against a raw sled flush + fdatasync baseline.
+//! 1 KiB declaration, in single-message mode and in bulk mode (a batch of 256, one epoch; the
+//! reported throughput is per message), and a durable ledger commit against a raw sled flush +
+//! fdatasync baseline.
 //! Run with `cargo bench -p dccf-node --bench micro`; end-to-end figures come from
 //! `dccf-node bench` (see BENCHMARKS.md).
 
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use dccf_node::envelope::bulk::{BulkCaches, EpochPolicy, Epochs, sign_batch};
 use dccf_node::envelope::open::{self, ClockPolicy};
 use dccf_node::envelope::seal::{Outgoing, seal};
 use dccf_node::envelope::{Kem, now_ms};
@@ -49,6 +52,67 @@ fn envelope(c: &mut Criterion) {
             open::verify_signature(&env, &sender_pub, "NL").unwrap();
             open::check_times(&header, &clock).unwrap();
             black_box(open::open_payload(&env, &header, &sk).unwrap())
+        })
+    });
+    group.finish();
+}
+
+fn bulk_msg<'a>(id: &'a str, payload: &'a [u8], digest: &'a [u8; 32], now: i64) -> Outgoing<'a> {
+    Outgoing {
+        message_id: id,
+        agreement_id: "bench",
+        agreement_digest: digest,
+        sender: "NL",
+        recipient: "BR",
+        message_type: "dccf.v1.PreArrivalDeclaration",
+        payload,
+        in_reply_to: "",
+        consent_reference: "",
+        created_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+    }
+}
+
+/// Bulk mode, per message: seal in an epoch + one batch signature per 256, and verify + open
+/// with fresh receiver caches per batch (one signature check and one HPKE setup per batch).
+fn bulk(c: &mut Criterion) {
+    const BATCH: usize = 256;
+    let payload = dccf_node::samples::pre_arrival_declaration(1).encode_to_vec();
+    let sender = SigningKey::generate(&mut OsRng);
+    let sender_pub = sender.verifying_key();
+    let (sk, pk) = <Kem as hpke::Kem>::gen_keypair(&mut OsRng);
+    let digest = [7u8; 32];
+    let now = now_ms();
+    let ids: Vec<String> = (0..BATCH)
+        .map(|i| format!("0190b7c2-7d3e-7a55-9c41-{i:012x}"))
+        .collect();
+    let seal_batch = |epochs: &mut Epochs| {
+        let mut envs: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                epochs
+                    .seal(&bulk_msg(id, &payload, &digest, now), &pk, now)
+                    .unwrap()
+            })
+            .collect();
+        sign_batch(&mut envs, "bench-batch", "NL", "BR", now, &sender).unwrap();
+        envs
+    };
+    let mut epochs = Epochs::new(EpochPolicy::default());
+    let envs = seal_batch(&mut epochs);
+    let mut group = c.benchmark_group("bulk_1kib_batch256");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("seal_sign", |b| {
+        b.iter(|| black_box(seal_batch(&mut epochs)))
+    });
+    group.bench_function("verify_open", |b| {
+        b.iter(|| {
+            let caches = BulkCaches::new();
+            for env in &envs {
+                let header = open::parse_header(env).unwrap();
+                open::verify_signature_with(env, &header, &sender_pub, "NL", &caches).unwrap();
+                black_box(open::open_payload_with(env, &header, &sk, &caches).unwrap());
+            }
         })
     });
     group.finish();
@@ -100,5 +164,5 @@ fn ledger(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, envelope, ledger);
+criterion_group!(benches, envelope, bulk, ledger);
 criterion_main!(benches);

@@ -55,6 +55,11 @@ pub struct NodeState {
     pub onward_salt: Vec<u8>,
     /// Background delivery from the outbox.
     pub courier: crate::delivery::courier::Courier,
+    /// Receiver side of bulk mode: verified batch signatures and HPKE epoch contexts.
+    pub bulk_caches: crate::envelope::bulk::BulkCaches,
+    /// Sender side of bulk mode: one HPKE epoch per partner and agreement, rotated by the
+    /// `[delivery]` epoch limits.
+    pub epochs: std::sync::Mutex<crate::envelope::bulk::Epochs>,
     agreements: RwLock<Arc<AgreementSet>>,
     in_flight: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -80,6 +85,11 @@ impl NodeState {
             &config.origin(),
             identity.signing.signing_key().clone(),
         )?;
+        let epoch_policy = crate::envelope::bulk::EpochPolicy {
+            max_messages: config.delivery.epoch_max_messages,
+            max_age_ms: i64::try_from(config.delivery.epoch_max_age_secs * 1000)
+                .unwrap_or(i64::MAX),
+        };
         let state = NodeState {
             config,
             identity,
@@ -90,6 +100,8 @@ impl NodeState {
             rates: Default::default(),
             onward_salt,
             courier: Default::default(),
+            bulk_caches: Default::default(),
+            epochs: std::sync::Mutex::new(crate::envelope::bulk::Epochs::new(epoch_policy)),
             agreements: RwLock::new(Arc::new(agreements)),
             in_flight: Default::default(),
         };

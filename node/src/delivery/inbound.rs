@@ -241,6 +241,7 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
         )
     });
     let mut results = Vec::with_capacity(slots.len() + 1);
+    let mut repeated = std::collections::HashSet::new();
     let mut failure: Option<String> = None;
     let ticket = {
         let batch_receipt_index = batch_receipt.as_ref().map(|r| {
@@ -252,10 +253,15 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
         for slot in slots {
             match slot {
                 Slot::Refused(id, refusal) => results.push(rejection(id, &refusal)),
-                Slot::Duplicate(id, receipt) => results.push(DeliveryResult {
-                    message_id: id,
-                    outcome: Some(delivery_result::Outcome::Receipt(*receipt)),
-                }),
+                Slot::Duplicate(id, receipt) => {
+                    // Duplicates from one batch share its receipt: send it once per chunk.
+                    if repeated.insert(receipt.signature.clone()) {
+                        results.push(DeliveryResult {
+                            message_id: id,
+                            outcome: Some(delivery_result::Outcome::Receipt(*receipt)),
+                        });
+                    }
+                }
                 Slot::Accepted {
                     accepted,
                     digest,
@@ -492,7 +498,13 @@ fn check_and_open(
             ),
         )
     })?;
-    open::verify_signature(envelope, &sender.verifying_key, &header.sender)?;
+    open::verify_signature_with(
+        envelope,
+        &header,
+        &sender.verifying_key,
+        &header.sender,
+        &state.bulk_caches,
+    )?;
     open::check_times(
         &header,
         &ClockPolicy {
@@ -512,14 +524,19 @@ fn check_and_open(
             header.message_id
         )));
     }
-    let opened = open::open_payload(envelope, &header, state.identity.hpke.private_key())
-        .map(|o| o.payload)
-        .map_err(Refusal::from)
-        .and_then(|payload| {
-            let message = super::check_payload(&header.message_type, &payload)?;
-            policy::check_fields(agreement, flow, &message)?;
-            Ok(payload)
-        });
+    let opened = open::open_payload_with(
+        envelope,
+        &header,
+        state.identity.hpke.private_key(),
+        &state.bulk_caches,
+    )
+    .map(|o| o.payload)
+    .map_err(Refusal::from)
+    .and_then(|payload| {
+        let message = super::check_payload(&header.message_type, &payload)?;
+        policy::check_fields(agreement, flow, &message)?;
+        Ok(payload)
+    });
     match opened {
         Ok(payload) => Ok(Checked::Accept(Box::new(Accepted {
             header,
@@ -593,6 +610,16 @@ fn txn_refusal(
     if rejected.envelope_header.len() > 4096 {
         rejected.envelope_header.clear();
         rejected.envelope_signature.clear();
+    }
+    // Likewise bulk-mode batch fields that cannot be a valid batch header and RFC 9162 path.
+    if rejected.envelope_header.is_empty()
+        || rejected.batch_header.len() > 1024
+        || rejected.batch_path.len() > 64
+        || rejected.batch_path.iter().any(|h| h.len() != 32)
+    {
+        rejected.batch_header.clear();
+        rejected.batch_index = 0;
+        rejected.batch_path.clear();
     }
     let rejected = entry::with_refusal(rejected, refusal.reason, &refusal.message);
     entry::append(txn, &rejected);

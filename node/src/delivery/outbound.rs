@@ -604,6 +604,11 @@ pub async fn stage_sends(state: &Arc<NodeState>, reqs: Vec<SendRequest>) -> Stag
                     rejected_response(message_id, &refusal, 0)
                 }
                 SendSlot::Existing(id, record) => existing_response(state, &record, &id),
+                SendSlot::Sealing => rejected_response(
+                    String::new(),
+                    &Refusal::retry_later("internal error: message left unsealed"),
+                    0,
+                ),
                 SendSlot::New(p) => {
                     if let Some(SendError::OutboxFull { retry_after_ms, .. }) =
                         full.get(&p.recipient)
@@ -650,30 +655,89 @@ pub async fn stage_sends(state: &Arc<NodeState>, reqs: Vec<SendRequest>) -> Stag
     }
 }
 
-/// Seals every new request of a chunk (single-message mode).
+/// Seals every new request of a `SendStream` chunk in bulk mode (DESIGN §5): payloads under the
+/// partner's current HPKE epoch, then one signed batch per partner (at most
+/// `delivery.batch_size` envelopes each), every envelope carrying its inclusion path.
 fn seal_all(
     state: &NodeState,
     checked: Vec<(String, String, Result<Intake, Refusal>)>,
 ) -> Vec<SendSlot> {
-    checked
-        .into_iter()
-        .map(|(recipient, message_id, r)| match r {
-            Err(refusal) => SendSlot::Refused {
-                recipient,
-                message_id,
-                refusal,
-            },
-            Ok(Intake::Existing(record)) => SendSlot::Existing(message_id, record),
-            Ok(Intake::New(c)) => match seal_single(state, *c) {
-                Ok(p) => SendSlot::New(Box::new(p)),
+    let internal = |e: &dyn std::fmt::Display| Refusal::retry_later(format!("internal error: {e}"));
+    let mut slots: Vec<SendSlot> = Vec::with_capacity(checked.len());
+    let mut sealed: Vec<Option<(Box<Checked>, Envelope)>> = Vec::with_capacity(checked.len());
+    {
+        let now = now_ms();
+        let mut epochs = state.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        for (recipient, message_id, r) in checked {
+            let slot = match r {
                 Err(refusal) => SendSlot::Refused {
                     recipient,
                     message_id,
                     refusal,
                 },
-            },
-        })
-        .collect()
+                Ok(Intake::Existing(record)) => SendSlot::Existing(message_id, record),
+                Ok(Intake::New(c)) => {
+                    match epochs.seal(&c.outgoing(state), &c.partner.hpke_key, now) {
+                        Ok(envelope) => {
+                            sealed.resize_with(slots.len(), || None);
+                            sealed.push(Some((c, envelope)));
+                            slots.push(SendSlot::Sealing);
+                            continue;
+                        }
+                        Err(e) => SendSlot::Refused {
+                            recipient,
+                            message_id,
+                            refusal: internal(&e),
+                        },
+                    }
+                }
+            };
+            slots.push(slot);
+        }
+        epochs.prune(now);
+    }
+    sealed.resize_with(slots.len(), || None);
+    // Batches: consecutive runs per recipient, in request order.
+    let mut by_recipient: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, s) in sealed.iter().enumerate() {
+        if let Some((c, _)) = s {
+            by_recipient
+                .entry(c.req.recipient.clone())
+                .or_default()
+                .push(i);
+        }
+    }
+    let batch_size = state.config.delivery.batch_size.max(1);
+    for (recipient, indices) in by_recipient {
+        for run in indices.chunks(batch_size) {
+            let mut envelopes: Vec<Envelope> = run
+                .iter()
+                .filter_map(|i| sealed[*i].as_mut().map(|(_, e)| std::mem::take(e)))
+                .collect();
+            let signed = crate::envelope::bulk::sign_batch(
+                &mut envelopes,
+                &uuid::Uuid::now_v7().to_string(),
+                state.admin(),
+                &recipient,
+                now_ms(),
+                state.identity.signing.signing_key(),
+            );
+            for (i, envelope) in run.iter().zip(envelopes) {
+                let Some((c, _)) = sealed[*i].take() else {
+                    continue;
+                };
+                slots[*i] = match &signed {
+                    Ok(()) => SendSlot::New(Box::new(c.prepared(envelope, state))),
+                    Err(e) => SendSlot::Refused {
+                        recipient: recipient.clone(),
+                        message_id: c.message_id.clone(),
+                        refusal: internal(e),
+                    },
+                };
+            }
+        }
+    }
+    slots
 }
 
 /// A `SendStream` response for a refused request.
@@ -704,4 +768,6 @@ pub(crate) enum SendSlot {
     Existing(String, Box<SentRecord>),
     /// Sealed, to be queued.
     New(Box<Prepared>),
+    /// Being sealed (never left in a finished chunk).
+    Sealing,
 }

@@ -3,11 +3,15 @@
 //! - [`pae`]: the DSSE-style pre-authentication encoding that gives every signature its domain.
 //! - [`seal`]: build, seal and sign an outgoing envelope.
 //! - [`open`]: verify and open an incoming envelope, step by step, each step with its own error.
-//! - [`receipt`]: sign and verify receipts.
+//! - [`receipt`]: sign and verify receipts (single and batch receipts).
+//! - [`bulk`]: bulk mode (DESIGN §5): per-epoch HPKE contexts with per-message exported keys,
+//!   one signature per batch of headers (RFC 9162 Merkle root + inclusion paths), and the
+//!   receiver's caches that make verification one signature per batch.
 //!
 //! This module knows keys, bytes and clocks, not agreements: the caller looks up which keys an
 //! agreement names and passes them in.
 
+pub mod bulk;
 pub mod open;
 pub mod pae;
 pub mod receipt;
@@ -125,7 +129,7 @@ pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// The digest that names an envelope in receipts and ledgers: SHA-256 of its protobuf encoding
-/// (prost writes the four fields in field order, so sender and receiver compute the same bytes).
+/// (prost writes the fields in field order, so sender and receiver compute the same bytes).
 pub fn envelope_digest(envelope: &crate::proto::v1::Envelope) -> [u8; 32] {
     use prost::Message;
     sha256(&envelope.encode_to_vec())
@@ -152,21 +156,29 @@ pub fn hpke_info(
     recipient: &str,
     agreement_digest: &[u8],
 ) -> Vec<u8> {
-    const LABEL: &[u8] = b"dccf.v1 envelope payload";
-    let fields: [&[u8]; 4] = [
-        message_id.as_bytes(),
-        sender.as_bytes(),
-        recipient.as_bytes(),
-        agreement_digest,
-    ];
-    let mut info =
-        Vec::with_capacity(LABEL.len() + 16 + fields.iter().map(|f| f.len()).sum::<usize>());
-    info.extend_from_slice(LABEL);
+    labeled(
+        b"dccf.v1 envelope payload",
+        &[
+            message_id.as_bytes(),
+            sender.as_bytes(),
+            recipient.as_bytes(),
+            agreement_digest,
+        ],
+    )
+}
+
+/// `label` followed by each field as u32 big-endian length then bytes: an injective encoding of
+/// the tuple under a fixed label (the label itself is a constant, so it needs no prefix).
+pub fn labeled(label: &[u8], fields: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        label.len() + 4 * fields.len() + fields.iter().map(|f| f.len()).sum::<usize>(),
+    );
+    out.extend_from_slice(label);
     for f in fields {
-        info.extend_from_slice(&u32::try_from(f.len()).unwrap_or(u32::MAX).to_be_bytes());
-        info.extend_from_slice(f);
+        out.extend_from_slice(&u32::try_from(f.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(f);
     }
-    info
+    out
 }
 
 /// Current time in Unix milliseconds.

@@ -5,8 +5,9 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message;
 
+use super::bulk::BulkCaches;
 use super::{Aead, EnvelopeError, HpkePrivateKey, Kdf, Kem, SALT_LEN};
-use crate::proto::v1::{Envelope, EnvelopeHeader, SealedBody};
+use crate::proto::v1::{Envelope, EnvelopeHeader, SealMode, SealedBody};
 
 /// Decodes an envelope from wire bytes.
 pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
@@ -54,6 +55,20 @@ pub fn parse_header(envelope: &Envelope) -> Result<EnvelopeHeader, EnvelopeError
             return Err(missing(field));
         }
     }
+    if SealMode::try_from(header.seal_mode).is_err() {
+        return Err(EnvelopeError::Malformed {
+            what: "envelope header",
+            detail: format!("field seal_mode has the unknown value {}", header.seal_mode),
+        });
+    }
+    if envelope.batch_header.is_empty()
+        && (envelope.batch_index != 0 || !envelope.batch_path.is_empty())
+    {
+        return Err(EnvelopeError::Malformed {
+            what: "envelope",
+            detail: "batch_index or batch_path is set without a batch_header".to_owned(),
+        });
+    }
     if envelope.signature.len() != 64 {
         return Err(EnvelopeError::Malformed {
             what: "envelope",
@@ -66,9 +81,60 @@ pub fn parse_header(envelope: &Envelope) -> Result<EnvelopeHeader, EnvelopeError
     Ok(header)
 }
 
-/// Verifies the header signature (strict Ed25519: no malleable signatures, no weak keys) under
-/// `key`, the key the agreement gives for the header's sender.
+/// Verifies the envelope's signature (strict Ed25519: no malleable signatures, no weak keys)
+/// under `key`, the key the agreement gives for the header's sender, in either signing mode:
+/// a signature over the header itself (single-message mode, `batch_header` empty), or a bulk-mode
+/// batch signature plus the header's inclusion path (see [`verify_signature_with`]).
+///
+/// Without a cache: a bulk envelope costs one full signature check. Receivers of streams use
+/// [`verify_signature_with`] and a long-lived [`BulkCaches`].
 pub fn verify_signature(
+    envelope: &Envelope,
+    key: &VerifyingKey,
+    signer: &str,
+) -> Result<(), EnvelopeError> {
+    if envelope.batch_header.is_empty() {
+        return verify_header_signature(envelope, key, signer);
+    }
+    let header = parse_header(envelope)?;
+    verify_signature_with(envelope, &header, key, signer, &BulkCaches::uncached())
+}
+
+/// Verifies the envelope's signature in whichever mode it was signed, with `header` the parsed
+/// `envelope.header` (see [`parse_header`]):
+///
+/// - `batch_header` empty: `signature` must be the sender's signature over PAE(envelope header
+///   type, header), exactly as [`verify_signature`];
+/// - `batch_header` set: `signature` must be the sender's signature over PAE(batch header type,
+///   batch_header), and the header must be leaf `batch_index` of the batch root through
+///   `batch_path` ([`super::bulk::verify_bulk_envelope_with`]); `caches` remembers verified
+///   batches so that a stream costs one signature check per batch. A signature over the header
+///   alone does not verify as a batch signature (different domain), so an envelope cannot claim
+///   a batch it is not in.
+///
+/// The signing mode is independent of `header.seal_mode`: an epoch-sealed envelope may be signed
+/// on its own, and a batch may carry single-shot sealed envelopes; `seal_mode` is itself signed.
+pub fn verify_signature_with(
+    envelope: &Envelope,
+    header: &EnvelopeHeader,
+    key: &VerifyingKey,
+    signer: &str,
+    caches: &BulkCaches,
+) -> Result<(), EnvelopeError> {
+    if envelope.batch_header.is_empty() {
+        if envelope.batch_index != 0 || !envelope.batch_path.is_empty() {
+            return Err(EnvelopeError::Malformed {
+                what: "envelope",
+                detail: "batch_index or batch_path is set without a batch_header".to_owned(),
+            });
+        }
+        return verify_header_signature(envelope, key, signer);
+    }
+    super::bulk::verify_bulk_envelope_with(envelope, header, key, signer, caches).map(|_| ())
+}
+
+/// Single-message mode: the signature covers PAE(envelope header type, header).
+fn verify_header_signature(
     envelope: &Envelope,
     key: &VerifyingKey,
     signer: &str,
@@ -132,16 +198,61 @@ pub struct Opened {
 }
 
 /// Checks the ciphertext digest, opens the payload with HPKE under this header's binding, and
-/// checks the payload commitment.
+/// checks the payload commitment. Handles both seal modes (see [`open_payload_with`]); without a
+/// cache, an epoch-sealed payload costs one HPKE setup.
 pub fn open_payload(
     envelope: &Envelope,
     header: &EnvelopeHeader,
     recipient_key: &HpkePrivateKey,
 ) -> Result<Opened, EnvelopeError> {
+    open_payload_with(envelope, header, recipient_key, &BulkCaches::uncached())
+}
+
+/// Checks the ciphertext digest, opens the payload as `header.seal_mode` says, and checks the
+/// payload commitment:
+///
+/// - `SEAL_MODE_SINGLE_SHOT`: HPKE single-shot open with the info of [`super::hpke_info`];
+/// - `SEAL_MODE_EPOCH`: the epoch's HPKE receiver context (from `caches`, or set up once and
+///   cached) exports this message id's key, which opens `nonce || ChaCha20-Poly1305 ciphertext`
+///   ([`super::bulk::open_epoch_payload`]).
+///
+/// An unknown seal mode is [`EnvelopeError::Malformed`].
+pub fn open_payload_with(
+    envelope: &Envelope,
+    header: &EnvelopeHeader,
+    recipient_key: &HpkePrivateKey,
+    caches: &BulkCaches,
+) -> Result<Opened, EnvelopeError> {
+    match SealMode::try_from(header.seal_mode) {
+        Ok(SealMode::SingleShot) => open_single_shot(envelope, header, recipient_key),
+        Ok(SealMode::Epoch) => {
+            super::bulk::open_epoch_payload(envelope, header, recipient_key, caches)
+        }
+        Err(_) => Err(EnvelopeError::Malformed {
+            what: "envelope header",
+            detail: format!("field seal_mode has the unknown value {}", header.seal_mode),
+        }),
+    }
+}
+
+/// Checks `header.ciphertext_digest` against the ciphertext carried (both seal modes).
+pub(super) fn check_ciphertext_digest(
+    envelope: &Envelope,
+    header: &EnvelopeHeader,
+) -> Result<(), EnvelopeError> {
     let digest = super::ciphertext_digest(&envelope.encapsulated_key, &envelope.sealed_payload);
     if !constant_time_eq(&digest, &header.ciphertext_digest) {
         return Err(EnvelopeError::CiphertextMismatch);
     }
+    Ok(())
+}
+
+fn open_single_shot(
+    envelope: &Envelope,
+    header: &EnvelopeHeader,
+    recipient_key: &HpkePrivateKey,
+) -> Result<Opened, EnvelopeError> {
+    check_ciphertext_digest(envelope, header)?;
     let encapped = <<Kem as hpke::Kem>::EncappedKey as hpke::Deserializable>::from_bytes(
         &envelope.encapsulated_key,
     )
@@ -161,7 +272,16 @@ pub fn open_payload(
         &[],
     )
     .map_err(|_| EnvelopeError::DecryptionFailed)?;
-    let body = SealedBody::decode(plaintext.as_slice()).map_err(|e| EnvelopeError::Malformed {
+    open_body(&plaintext, header)
+}
+
+/// Parses a decrypted `SealedBody` and checks it against the header's payload commitment (both
+/// seal modes).
+pub(super) fn open_body(
+    plaintext: &[u8],
+    header: &EnvelopeHeader,
+) -> Result<Opened, EnvelopeError> {
+    let body = SealedBody::decode(plaintext).map_err(|e| EnvelopeError::Malformed {
         what: "sealed body",
         detail: e.to_string(),
     })?;

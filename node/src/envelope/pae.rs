@@ -4,6 +4,9 @@
 
 /// Payload type of envelope-header signatures.
 pub const ENVELOPE_HEADER_TYPE: &str = "application/vnd.dccf.envelope-header.v1+protobuf";
+/// Payload type of bulk-mode batch signatures (the body is a serialized `BatchHeader`, whose root
+/// covers the batch's envelope headers).
+pub const BATCH_HEADER_TYPE: &str = "application/vnd.dccf.batch-header.v1+protobuf";
 /// Payload type of receipt signatures.
 pub const RECEIPT_TYPE: &str = "application/vnd.dccf.receipt.v1+protobuf";
 /// Payload type of agreement signatures (the body is the 32-byte agreement digest).
@@ -46,5 +49,9 @@ mod tests {
     #[test]
     fn different_types_never_encode_alike() {
         assert_ne!(pae(ENVELOPE_HEADER_TYPE, b"x"), pae(RECEIPT_TYPE, b"x"));
+        assert_ne!(
+            pae(ENVELOPE_HEADER_TYPE, b"x"),
+            pae(BATCH_HEADER_TYPE, b"x")
+        );
     }
 }

@@ -46,7 +46,23 @@ pub struct Expected<'a> {
     pub envelope_digest: &'a [u8; 32],
 }
 
-/// Verifies the signature and that the receipt is about exactly this envelope.
+/// The item of a batch receipt that acknowledges `message_id`: `(envelope_digest,
+/// ledger_index)`. `None` if no item names it, or if several do (an ambiguous receipt proves
+/// nothing about the message).
+pub fn receipt_item_for<'a>(body: &'a ReceiptBody, message_id: &str) -> Option<(&'a [u8], u64)> {
+    let mut found = body.items.iter().filter(|i| i.message_id == message_id);
+    let item = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    Some((item.envelope_digest.as_slice(), item.ledger_index))
+}
+
+/// Verifies the signature and that the receipt is about exactly this envelope: a single receipt
+/// names its message id and envelope digest; a batch receipt (`items` non-empty) leaves them
+/// empty and has exactly one item for the message id, with the envelope digest. Either way the
+/// sender and recipient must be the expected ones. Returns the body (for a batch receipt, the
+/// message's ledger index is in its item: see [`receipt_item_for`]).
 pub fn verify_receipt_for(
     receipt: &Receipt,
     key: &VerifyingKey,
@@ -56,13 +72,6 @@ pub fn verify_receipt_for(
     let mismatch = |field: &str, got: String, want: String| {
         EnvelopeError::ReceiptMismatch(format!("{field} is {got}, expected {want}"))
     };
-    if body.message_id != expected.message_id {
-        return Err(mismatch(
-            "message_id",
-            body.message_id,
-            expected.message_id.into(),
-        ));
-    }
     if body.sender != expected.sender {
         return Err(mismatch("sender", body.sender, expected.sender.into()));
     }
@@ -73,10 +82,48 @@ pub fn verify_receipt_for(
             expected.recipient.into(),
         ));
     }
-    if body.envelope_digest.as_slice() != expected.envelope_digest.as_slice() {
+    let digest = if body.items.is_empty() {
+        if body.message_id != expected.message_id {
+            return Err(mismatch(
+                "message_id",
+                body.message_id,
+                expected.message_id.into(),
+            ));
+        }
+        body.envelope_digest.as_slice()
+    } else {
+        if !body.message_id.is_empty() || !body.envelope_digest.is_empty() {
+            return Err(EnvelopeError::ReceiptMismatch(
+                "batch receipt also sets message_id or envelope_digest outside its items"
+                    .to_owned(),
+            ));
+        }
+        let naming = body
+            .items
+            .iter()
+            .filter(|i| i.message_id == expected.message_id)
+            .count();
+        match receipt_item_for(&body, expected.message_id) {
+            Some((digest, _)) => digest,
+            None if naming == 0 => {
+                return Err(EnvelopeError::ReceiptMismatch(format!(
+                    "batch receipt has no item with message_id {} among its {} items",
+                    expected.message_id,
+                    body.items.len()
+                )));
+            }
+            None => {
+                return Err(EnvelopeError::ReceiptMismatch(format!(
+                    "batch receipt has {naming} items with message_id {}",
+                    expected.message_id
+                )));
+            }
+        }
+    };
+    if digest != expected.envelope_digest.as_slice() {
         return Err(mismatch(
             "envelope_digest",
-            hex::encode(&body.envelope_digest),
+            hex::encode(digest),
             hex::encode(expected.envelope_digest),
         ));
     }
@@ -86,6 +133,7 @@ pub fn verify_receipt_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::v1::ReceiptItem;
 
     fn body() -> ReceiptBody {
         ReceiptBody {
@@ -178,5 +226,83 @@ mod tests {
             let err = verify_receipt_for(&r, &key.verifying_key(), &expected()).unwrap_err();
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
+    }
+
+    fn batch_body() -> ReceiptBody {
+        let item = |id: &str, d: u8, index: u64| ReceiptItem {
+            message_id: id.into(),
+            envelope_digest: vec![d; 32],
+            ledger_index: index,
+        };
+        ReceiptBody {
+            message_id: String::new(),
+            envelope_digest: Vec::new(),
+            ledger_index: 0,
+            items: vec![item("m-0", 4, 10), item("m-1", 5, 11), item("m-2", 6, 12)],
+            ..body()
+        }
+    }
+
+    #[test]
+    fn a_batch_receipt_verifies_for_each_of_its_items() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let r = sign_receipt(&batch_body(), &key);
+        let got = verify_receipt_for(&r, &key.verifying_key(), &expected()).unwrap();
+        assert_eq!(receipt_item_for(&got, "m-1"), Some((&[5u8; 32][..], 11)));
+        for (id, d) in [("m-0", 4u8), ("m-2", 6)] {
+            let exp = Expected {
+                message_id: id,
+                envelope_digest: &[d; 32],
+                ..expected()
+            };
+            verify_receipt_for(&r, &key.verifying_key(), &exp).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_batch_receipt_without_the_message_or_with_another_digest_is_rejected() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let r = sign_receipt(&batch_body(), &key);
+        let absent = Expected {
+            message_id: "m-9",
+            ..expected()
+        };
+        let err = verify_receipt_for(&r, &key.verifying_key(), &absent).unwrap_err();
+        assert!(matches!(err, EnvelopeError::ReceiptMismatch(_)));
+        assert!(
+            err.to_string().contains("no item with message_id m-9"),
+            "{err}"
+        );
+        let wrong = Expected {
+            envelope_digest: &[4u8; 32],
+            ..expected()
+        };
+        let err = verify_receipt_for(&r, &key.verifying_key(), &wrong).unwrap_err();
+        assert!(err.to_string().contains("envelope_digest"), "{err}");
+        // Sender and recipient still count.
+        let mut b = batch_body();
+        b.sender = "DE".into();
+        let err = verify_receipt_for(&sign_receipt(&b, &key), &key.verifying_key(), &expected())
+            .unwrap_err();
+        assert!(err.to_string().contains("sender"), "{err}");
+        // Ambiguous: the message twice, or top-level fields set as well.
+        let mut b = batch_body();
+        b.items.push(ReceiptItem {
+            message_id: "m-1".into(),
+            envelope_digest: vec![5u8; 32],
+            ledger_index: 13,
+        });
+        assert_eq!(receipt_item_for(&b, "m-1"), None);
+        let err = verify_receipt_for(&sign_receipt(&b, &key), &key.verifying_key(), &expected())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("2 items with message_id m-1"),
+            "{err}"
+        );
+        let mut b = batch_body();
+        b.message_id = "m-1".into();
+        assert!(
+            verify_receipt_for(&sign_receipt(&b, &key), &key.verifying_key(), &expected()).is_err()
+        );
     }
 }

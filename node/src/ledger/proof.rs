@@ -115,6 +115,16 @@ fn decomp_incl_proof(index: u64, size: u64) -> (usize, usize) {
     (inner, border)
 }
 
+/// Number of hashes in an RFC 9162 inclusion proof of leaf `index` in a tree of `tree_size`
+/// leaves; `None` if `index` is not inside the tree.
+pub fn inclusion_proof_len(index: u64, tree_size: u64) -> Option<usize> {
+    if index >= tree_size {
+        return None;
+    }
+    let (inner, border) = decomp_incl_proof(index, tree_size);
+    Some(inner + border)
+}
+
 fn chain_inner(mut seed: Hash, proof: &[Hash], index: u64) -> Hash {
     for (i, h) in proof.iter().enumerate() {
         if (index >> i) & 1 == 0 {

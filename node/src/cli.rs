@@ -92,6 +92,12 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::ledger_commands::LedgerAction,
     },
+    /// Inspect the outbox and dead-letter queue of the running node; retry or cancel messages.
+    Outbox {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::outbox_commands::OutboxAction,
+    },
     /// Issue client certificates from this administration's CA.
     Cert {
         /// What to do.
@@ -250,6 +256,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             ack,
         } => inbox(&config, follow, ack).await,
         Command::Demo { keep, dir } => crate::demo::run(keep, dir).await.map_err(err),
+        Command::Outbox { action } => {
+            let text = crate::outbox_commands::run(action).await?;
+            emit(&text)
+        }
         Command::Agreement { action } => {
             use crate::agreement::commands;
             let now = crate::envelope::now_ms();

@@ -43,6 +43,7 @@ pub mod envelope;
 pub mod identity;
 pub mod ledger;
 pub mod ledger_commands;
+pub mod outbox_commands;
 pub mod policy;
 pub mod proto;
 pub mod samples;

@@ -1202,3 +1202,57 @@ fn agreement_new_fills_a_template_that_both_parties_can_sign() {
     );
     assert!(!run.stdout.contains("operator_name"), "{}", run.describe());
 }
+
+// ---------------------------------------------------------------------------------------------
+// outbox
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn outbox_commands_talk_to_the_running_node_and_fail_in_one_line_when_it_is_down() {
+    let node = init_node("NL");
+    let config = node.config();
+    // Not running: one line naming what failed.
+    let run = dccf(&["outbox", "list", "--config", s(&config)]);
+    let line = assert_one_line_error(&run);
+    assert_mentions(&line, &["outbox list failed"]);
+
+    let server = start_serve(&node, true);
+    let list = dccf(&["outbox", "list", "--config", s(&config)]);
+    assert!(list.status.success(), "{}", list.describe());
+    assert_eq!(list.stdout.trim(), "outbox empty", "{}", list.describe());
+    let json = dccf(&["outbox", "list", "--json", "--config", s(&config)]);
+    assert!(
+        json.status.success() && json.stdout.trim().is_empty(),
+        "{}",
+        json.describe()
+    );
+    for (cmd, verb) in [("retry", "retrying"), ("cancel", "cancelled")] {
+        let run = dccf(&[
+            "outbox",
+            cmd,
+            "--config",
+            s(&config),
+            "01a20a2b-6783-7390-83ce-afd6929e224c",
+        ]);
+        assert!(run.status.success(), "{}", run.describe());
+        assert!(
+            run.stdout.starts_with(&format!("{verb} 0 of 1")),
+            "{}",
+            run.describe()
+        );
+    }
+    // Ids are required; the limit is bounded (clap's usage errors, exit 2).
+    let run = dccf(&["outbox", "retry", "--config", s(&config)]);
+    assert!(
+        !run.status.success() && run.stderr.contains("MESSAGE_IDS"),
+        "{}",
+        run.describe()
+    );
+    let run = dccf(&["outbox", "list", "--limit", "0", "--config", s(&config)]);
+    assert!(
+        !run.status.success() && run.stderr.contains("--limit"),
+        "{}",
+        run.describe()
+    );
+    assert_sigterm_exits_0(server);
+}

@@ -474,6 +474,7 @@ mod tests {
         assert_eq!(loaded.data_dir, dir.path());
         assert_eq!(loaded.agreements_dir, dir.path().join("agreements"));
         assert_eq!(loaded.limits, Limits::default());
+        assert_eq!(loaded.delivery, DeliverySettings::default());
     }
 
     #[test]
@@ -514,6 +515,27 @@ mod tests {
                 "listen = \"127.0.0.1:7001\"",
                 "listen = \"not an address\"",
                 "listen",
+            ),
+            (
+                "max_attempts = 50",
+                "max_attempts = 0",
+                "delivery.max_attempts",
+            ),
+            ("window = 1024", "window = 0", "delivery.window"),
+            (
+                "batch_size = 256",
+                "batch_size = 5000",
+                "delivery.batch_size",
+            ),
+            (
+                "backoff_max_ms = 60000",
+                "backoff_max_ms = 100",
+                "delivery.backoff_max_ms",
+            ),
+            (
+                "max_outbox_per_partner = 100000",
+                "max_outbox_per_partner = 0",
+                "delivery.max_outbox_per_partner",
             ),
             (
                 "origin = \"dccf.example/NL\"",

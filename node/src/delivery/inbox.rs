@@ -118,33 +118,53 @@ pub fn list(
 }
 
 /// Acknowledges messages by id (`SENDER/ID` or bare `ID`); returns how many were removed.
+/// `SENDER/ID` is found through the message's dedupe record (a point lookup); a bare id needs a
+/// scan of the inbox, so back offices that ack at volume should name the sender.
 pub async fn ack(store: &Store, ids: &[String]) -> Result<u32, InboxError> {
-    let mut wanted: std::collections::HashSet<(Option<String>, String)> = ids
-        .iter()
-        .map(|s| match s.split_once('/') {
-            Some((sender, id)) => (Some(sender.to_owned()), id.to_owned()),
-            None => (None, s.clone()),
-        })
-        .collect();
-    let mut remove = Vec::new();
-    for (key, value) in store.scan_prefix(INBOX)? {
-        let Ok(msg) = InboxMessage::decode(value.as_slice()) else {
-            continue;
-        };
-        let hit = wanted.remove(&(Some(msg.sender.clone()), msg.message_id.clone()))
-            || wanted.remove(&(None, msg.message_id.clone()));
-        if hit {
-            remove.push((key, msg.ledger_index));
+    use crate::proto::v1::ReceivedRecord;
+    let mut remove: Vec<u64> = Vec::new();
+    let mut bare: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for id in ids {
+        match id.split_once('/') {
+            Some((sender, message_id)) => {
+                let key = super::inbound::received_key(sender, message_id);
+                let Some(bytes) = store.get(&key)? else {
+                    continue;
+                };
+                let Ok(record) = ReceivedRecord::decode(bytes.as_slice()) else {
+                    continue;
+                };
+                let index = record.ledger_index;
+                // Only if it is still in the inbox (not acknowledged or shredded before).
+                if store.get(&record_key(INBOX, index))?.is_some() {
+                    remove.push(index);
+                }
+            }
+            None => {
+                bare.insert(id.as_str());
+            }
         }
     }
+    if !bare.is_empty() {
+        for (_, value) in store.scan_prefix(INBOX)? {
+            let Ok(msg) = InboxMessage::decode(value.as_slice()) else {
+                continue;
+            };
+            if bare.remove(msg.message_id.as_str()) {
+                remove.push(msg.ledger_index);
+            }
+        }
+    }
+    remove.sort_unstable();
+    remove.dedup();
     if remove.is_empty() {
         return Ok(0);
     }
     let count = u32::try_from(remove.len()).unwrap_or(u32::MAX);
     let ticket = {
         let mut txn = store.begin();
-        for (key, index) in remove {
-            txn.remove(key)?;
+        for index in remove {
+            txn.remove(record_key(INBOX, index))?;
             txn.remove(record_key(KEYS, index))?;
         }
         txn.commit()

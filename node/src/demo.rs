@@ -295,6 +295,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
     }
     println!();
     let (nl, br, de) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (nl_config, br_config) = (nl.config.clone(), br.config.clone());
     let mut nl_gw = gateway_client_for(&nl.config).map_err(fail)?;
     let mut br_gw = gateway_client_for(&br.config).map_err(fail)?;
     let mut de_gw = gateway_client_for(&de.config).map_err(fail)?;
@@ -459,6 +460,9 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
         ),
     }
 
+    // 5. Reliable delivery: bulk mode and an outage.
+    delivery(&mut nodes, &mut nl_gw, &mut br_gw).await?;
+
     println!(
         "\nLedgers (append-only, RFC 6962 leaf hashes; nothing acknowledged before it is durable):"
     );
@@ -476,9 +480,9 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
 
     if keep {
         println!("\nNodes keep running. Try (from the repository root):");
-        let nl_cfg = nl.config.data_dir.join("node.toml");
-        let br_cfg = br.config.data_dir.join("node.toml");
-        let sample = nl.config.data_dir.join("sample-declaration.json");
+        let nl_cfg = nl_config.data_dir.join("node.toml");
+        let br_cfg = br_config.data_dir.join("node.toml");
+        let sample = nl_config.data_dir.join("sample-declaration.json");
         std::fs::write(&sample, sample_send_json()).map_err(fail)?;
         println!(
             "   cargo run --release -- send --config {} --file {}",
@@ -491,7 +495,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
         );
         println!(
             "   cargo run --release -- agreement show {}",
-            nl.config.agreements_dir.join(MRA_AGREEMENT_FILE).display()
+            nl_config.agreements_dir.join(MRA_AGREEMENT_FILE).display()
         );
         println!("Press Ctrl-C to stop.");
         let _ = tokio::signal::ctrl_c().await;
@@ -500,6 +504,146 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
         n.node.shutdown().await;
     }
     println!("\nDone.");
+    Ok(())
+}
+
+/// Section 5: a bulk stream NL → BR, then DE down while NL sends to it.
+async fn delivery(
+    nodes: &mut Vec<DemoNode>,
+    nl_gw: &mut Gw,
+    br_gw: &mut Gw,
+) -> Result<(), DemoError> {
+    use tokio_stream::StreamExt;
+    const BULK: u64 = 2000;
+    println!("\n5. Reliable delivery");
+    let started = std::time::Instant::now();
+    let requests: Vec<SendRequest> = (0..BULK)
+        .map(|seq| SendRequest {
+            await_delivery: false,
+            ..request(
+                PRE_ARRIVAL_ID,
+                "BR",
+                "dccf.v1.PreArrivalDeclaration",
+                crate::samples::pre_arrival_declaration(100 + seq).encode_to_vec(),
+                "",
+            )
+        })
+        .collect();
+    let mut responses = nl_gw
+        .send_stream(tokio_stream::iter(requests))
+        .await
+        .map_err(|s| fail(format!("SendStream: {}", s.message())))?
+        .into_inner();
+    let mut queued = 0u64;
+    while let Some(r) = responses.next().await {
+        let r = r.map_err(|s| fail(format!("SendStream: {}", s.message())))?;
+        if let Some(rej) = r.rejection {
+            return Err(fail(format!(
+                "SendStream refused a declaration: {}",
+                rej.message
+            )));
+        }
+        queued += 1;
+    }
+    let queued_in = started.elapsed();
+    let mut arrived = 0u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while arrived < BULK {
+        if std::time::Instant::now() > deadline {
+            return Err(fail(format!(
+                "only {arrived} of {BULK} declarations arrived at BR"
+            )));
+        }
+        let got = drain_inbox(br_gw).await?;
+        arrived += got.len() as u64;
+        ack_all(br_gw, &got).await?;
+        if got.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    let batch_receipts = (0..nodes[1].node.state.store.durable_head().size)
+        .filter_map(|i| nodes[1].node.state.store.entry(i).ok().flatten())
+        .filter_map(|leaf| crate::ledger::entry::parse(&leaf).ok())
+        .filter(|e| {
+            e.kind() == crate::proto::v1::EntryKind::ReceiptIssued
+                && e.receipt
+                    .as_ref()
+                    .and_then(|r| crate::proto::v1::ReceiptBody::decode(r.body.as_slice()).ok())
+                    .is_some_and(|b| !b.items.is_empty())
+        })
+        .count();
+    println!(
+        "   NL → BR  {queued} declarations on one SendStream (bulk mode: one HPKE epoch, one signature per batch of up to 256):"
+    );
+    println!(
+        "            queued durably in NL's outbox in {} ms, all {BULK} in BR's inbox after {} ms ({:.0} messages/s), {batch_receipts} signed batch receipts",
+        queued_in.as_millis(),
+        elapsed.as_millis(),
+        BULK as f64 / elapsed.as_secs_f64()
+    );
+
+    // DE goes down; NL's message waits in the outbox and is delivered once DE is back.
+    let de = nodes.remove(2);
+    let de_config = de.config.clone();
+    de.node.shutdown().await;
+    let sent = nl_gw
+        .send(SendRequest {
+            await_delivery: false,
+            ..request(
+                PRE_ARRIVAL_ID,
+                "DE",
+                "dccf.v1.PreArrivalDeclaration",
+                crate::samples::pre_arrival_declaration(7).encode_to_vec(),
+                "",
+            )
+        })
+        .await
+        .map_err(|s| fail(format!("send to DE: {}", s.message())))?
+        .into_inner();
+    println!(
+        "   DE stopped. NL → DE  declaration {}: accepted into NL's outbox (ledger #{})",
+        sent.message_id, sent.sent_ledger_index
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let outbox = nl_gw
+        .list_outbox(crate::proto::v1::ListOutboxRequest::default())
+        .await
+        .map_err(|s| fail(format!("ListOutbox: {}", s.message())))?
+        .into_inner();
+    for item in &outbox.items {
+        println!(
+            "   NL outbox: {} to {}, {} attempt(s), retrying with backoff; last error: {}",
+            item.message_id,
+            item.partner,
+            item.attempts,
+            item.last_error.chars().take(90).collect::<String>()
+        );
+    }
+    let node = crate::server::start(de_config.clone())
+        .await
+        .map_err(fail)?;
+    nodes.push(DemoNode {
+        config: de_config.clone(),
+        node,
+    });
+    let mut de_gw = gateway_client_for(&de_config).map_err(fail)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = drain_inbox(&mut de_gw).await?;
+        if let Some(m) = got.first() {
+            println!(
+                "   DE restarted: {} delivered once, NL's outbox empty again; the failed attempts are in NL's ledger (DELIVERY_FAILED)",
+                m.message_id
+            );
+            ack_all(&mut de_gw, &got).await?;
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(fail("NL's declaration never reached DE after its restart"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 

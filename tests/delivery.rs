@@ -340,3 +340,33 @@ async fn a_message_past_its_attempts_is_dead_lettered_and_an_operator_can_retry_
     assert!(kinds.contains(&EntryKind::DeliveryRequeued));
     assert!(outbox(&mut nl, false).await.items.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_inbox_stream_sees_every_message_once_while_a_bulk_stream_arrives() {
+    let fed = Federation::nl_br().await;
+    let mut nl = fed.gateway("NL");
+    let mut live = fed
+        .gateway("BR")
+        .inbox(dccf_node::proto::v1::InboxRequest { drain_only: false })
+        .await
+        .unwrap()
+        .into_inner();
+    const N: u64 = 1500;
+    let sending =
+        tokio::spawn(async move { send_stream(&mut nl, (0..N).map(declaration).collect()).await });
+    let mut seen = Vec::new();
+    while seen.len() < N as usize {
+        let m = tokio::time::timeout(Duration::from_secs(30), live.message())
+            .await
+            .unwrap_or_else(|_| panic!("live inbox stalled after {} of {N}", seen.len()))
+            .unwrap()
+            .unwrap();
+        seen.push(m.ledger_index);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "in ledger order, none twice"
+    );
+    let responses = sending.await.unwrap();
+    assert_eq!(responses.len(), N as usize);
+}

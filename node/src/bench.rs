@@ -41,6 +41,11 @@ pub enum Suite {
     /// Durable ledger appends with group commit against raw sled flushes, and inclusion proofs,
     /// peak RSS and disk use of a 1M-entry ledger (see `bench_ledger`).
     Ledger(crate::bench_ledger::LedgerArgs),
+    /// Two nodes as separate processes on loopback: bulk `SendStream` throughput, latency at a
+    /// fixed offered load, unary `Send` exchanges, CPU and peak RSS per node, against a bare
+    /// mTLS stream, raw sled and the crypto ceiling measured in the same run (see
+    /// `bench_delivery`).
+    Delivery(crate::bench_delivery::DeliveryArgs),
 }
 
 /// Benchmark errors.
@@ -59,6 +64,7 @@ pub(crate) fn print_json(figures: &impl serde::Serialize) -> Result<(), BenchErr
 pub async fn run(suite: Suite) -> Result<(), BenchError> {
     match suite {
         Suite::Ledger(args) => crate::bench_ledger::run(args).await,
+        Suite::Delivery(args) => crate::bench_delivery::run(args).await,
         Suite::Policy { json, iterations } => {
             let r = tokio::task::spawn_blocking(move || policy(iterations))
                 .await
@@ -143,14 +149,17 @@ pub async fn run(suite: Suite) -> Result<(), BenchError> {
 /// Rounds per figure. Rounds of all figures are interleaved, so that a burst of load from
 /// elsewhere on the machine hits every figure alike, and each figure keeps its best round (the
 /// least disturbed one).
-const ROUNDS: usize = 7;
+pub(crate) const ROUNDS: usize = 7;
 
 /// A piece of work to time.
-type Work<'a> = &'a mut dyn FnMut() -> Result<(), BenchError>;
+pub(crate) type Work<'a> = &'a mut dyn FnMut() -> Result<(), BenchError>;
 
 /// Times `iterations` calls of each closure per round, interleaving the closures round by round;
 /// returns each closure's best mean in microseconds.
-fn interleaved_best_us(iterations: u32, work: &mut [Work<'_>]) -> Result<Vec<f64>, BenchError> {
+pub(crate) fn interleaved_best_us(
+    iterations: u32,
+    work: &mut [Work<'_>],
+) -> Result<Vec<f64>, BenchError> {
     let mut best = vec![f64::MAX; work.len()];
     for _ in 0..ROUNDS {
         for (i, f) in work.iter_mut().enumerate() {

@@ -511,7 +511,7 @@ fn ledger_round(
 
 /// One baseline round: raw sled inserts of `leaf` under 9-byte keys from this thread, `flush`
 /// after every 64, for `round`. Returns inserts per second.
-fn raw_round(
+pub(crate) fn raw_round(
     db: &sled::Db,
     leaf: &[u8],
     next_key: &mut u64,
@@ -630,7 +630,7 @@ pub fn peak_rss_kib() -> Result<u64, BenchError> {
 }
 
 /// The `VmHWM:   1234 kB` value of a `/proc/<pid>/status` text, in KiB.
-fn parse_vm_hwm(status: &str) -> Option<u64> {
+pub(crate) fn parse_vm_hwm(status: &str) -> Option<u64> {
     let rest = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))?

@@ -23,8 +23,8 @@
 //! - [`server`]: the `Exchange` (partners), `Gateway` (back office) and `Audit` (auditors)
 //!   services and their TLS.
 //! - [`state`]: what the services of a running node share.
-//! - [`cli`], [`ledger_commands`], [`demo`], [`bench`] (and [`bench_ledger`]): the `dccf-node`
-//!   commands.
+//! - [`cli`], [`ledger_commands`], [`demo`], [`bench`] (and [`bench_ledger`],
+//!   [`bench_delivery`]): the `dccf-node` commands.
 //! - [`proto`]: generated code for the wire contract in `proto/dccf/v1/`.
 //! - [`samples`]: synthetic customs messages for the demo, tests and benchmarks.
 //!
@@ -33,6 +33,7 @@
 
 pub mod agreement;
 pub mod bench;
+pub mod bench_delivery;
 pub mod bench_ledger;
 pub mod checkpoints;
 pub mod cli;

@@ -12,6 +12,8 @@
 //!   not running gives a prompt one-line error;
 //! - `bench envelope --json`, `bench ledger --json`: one JSON object with the documented figures;
 //!   `bench ledger` refuses a non-empty `--dir` and hides its internal child flag;
+//! - `bench delivery --json --phases unary,baselines`: two node processes and the baseline
+//!   children run, every documented key is printed, and the child flags stay hidden;
 //! - usage errors (unknown subcommand, missing flag).
 //!
 //! Every failure must be the project standard: exactly one line on stderr starting with `error:`,
@@ -1255,4 +1257,74 @@ fn outbox_commands_talk_to_the_running_node_and_fail_in_one_line_when_it_is_down
         run.describe()
     );
     assert_sigterm_exits_0(server);
+}
+
+#[test]
+fn bench_delivery_json_runs_unary_and_baselines_between_two_node_processes() {
+    // The bulk and latency phases need Gateway.SendStream; this run selects the others.
+    let run = dccf(&[
+        "bench",
+        "delivery",
+        "--json",
+        "--duration",
+        "0.5",
+        "--phases",
+        "unary,baselines",
+        "--concurrency",
+        "8",
+        "--window",
+        "64",
+    ]);
+    assert!(run.status.success(), "bench failed\n{}", run.describe());
+    let out = run.stdout.trim();
+    assert!(
+        !out.contains('\n'),
+        "expected one JSON line (child reports must not leak)\n{}",
+        run.describe()
+    );
+    let value: serde_json::Value = serde_json::from_str(out)
+        .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", run.describe()));
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("stdout is not a JSON object\n{}", run.describe()));
+    // Every documented key is present; figures of phases that did not run are null.
+    for key in [
+        "bulk_msgs_per_s",
+        "p50_ms_at_1000",
+        "p99_ms_at_1000",
+        "p999_ms_at_1000",
+        "cpu_s_per_1000_msgs",
+    ] {
+        assert!(
+            object.get(key).is_some_and(serde_json::Value::is_null),
+            "{key} should be null without the bulk and latency phases\n{}",
+            run.describe()
+        );
+    }
+    for key in [
+        "unary_msgs_per_s",
+        "baseline_stream_msgs_per_s",
+        "baseline_sled_records_per_s",
+        "crypto_ceiling_per_s",
+        "peak_rss_mb",
+        "unary_ratio_to_ceiling",
+        "payload_bytes",
+    ] {
+        let figure = object
+            .get(key)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{key} missing or not a number\n{}", run.describe()));
+        assert!(
+            figure.is_finite() && figure > 0.0,
+            "{key} = {figure} should be a positive number"
+        );
+    }
+    let help = dccf(&["bench", "delivery", "--help"]);
+    assert!(help.status.success(), "{}", help.describe());
+    assert!(help.stdout.contains("--phases"), "{}", help.describe());
+    assert!(
+        !help.stdout.contains("--child"),
+        "internal child flags must stay hidden\n{}",
+        help.describe()
+    );
 }

@@ -25,7 +25,7 @@ use super::outbound::{SendError, sent_key};
 use super::outbox::{self, Queue};
 use super::{Refusal, next_ready};
 use crate::envelope::now_ms;
-use crate::envelope::receipt::{Expected, verify_receipt, verify_receipt_for};
+use crate::envelope::receipt::{Expected, check_receipt_body, verify_receipt};
 use crate::ledger::entry;
 use crate::proto::v1::{
     DeliveryResult, DeliveryState, EntryKind, Envelope, LedgerEntry, OutboxRecord, Receipt,
@@ -595,15 +595,39 @@ async fn record_results(
                         continue;
                     }
                 };
-                let ids: Vec<String> = if body.items.is_empty() {
-                    vec![body.message_id.clone()]
+                // The signature is verified once above; each message it names is then checked
+                // against what was sent (sender, recipient, id, envelope digest).
+                let single = body.items.is_empty();
+                let candidates: Vec<(String, Option<Vec<u8>>)> = if single {
+                    vec![(body.message_id.clone(), None)]
                 } else {
-                    body.items.iter().map(|i| i.message_id.clone()).collect()
+                    if !body.message_id.is_empty() || !body.envelope_digest.is_empty() {
+                        bad_receipt.get_or_insert((
+                            result.message_id.clone(),
+                            "batch receipt also names a message outside its items".into(),
+                        ));
+                        continue;
+                    }
+                    let mut names = std::collections::HashSet::new();
+                    if body
+                        .items
+                        .iter()
+                        .any(|i| !names.insert(i.message_id.as_str()))
+                    {
+                        bad_receipt.get_or_insert((
+                            result.message_id.clone(),
+                            "batch receipt names a message twice".into(),
+                        ));
+                        continue;
+                    }
+                    body.items
+                        .iter()
+                        .map(|i| (i.message_id.clone(), Some(i.envelope_digest.clone())))
+                        .collect()
                 };
                 let at = receipts.len();
                 let mut any = false;
-                for id in ids {
-                    // Checked per message: right sender, recipient, id and envelope digest.
+                for (id, item_digest) in candidates {
                     let known = by_id
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -616,14 +640,32 @@ async fn record_results(
                         .get(&seq)
                         .map(|f| f.digest);
                     let Some(digest) = digest else { continue };
-                    let expected = Expected {
-                        message_id: &id,
-                        sender: &me,
-                        recipient: partner,
-                        envelope_digest: &digest,
+                    let checked = match &item_digest {
+                        None => check_receipt_body(
+                            &body,
+                            &Expected {
+                                message_id: &id,
+                                sender: &me,
+                                recipient: partner,
+                                envelope_digest: &digest,
+                            },
+                        )
+                        .map_err(|e| e.to_string()),
+                        Some(d) if body.sender != me || body.recipient != partner => Err(format!(
+                            "batch receipt is from {} for {}, expected {partner} for {me} ({} bytes digest)",
+                            body.recipient,
+                            body.sender,
+                            d.len()
+                        )),
+                        Some(d) if d.as_slice() != digest.as_slice() => Err(format!(
+                            "batch receipt states envelope digest {} for {id}, expected {}",
+                            hex::encode(d),
+                            hex::encode(digest)
+                        )),
+                        Some(_) => Ok(()),
                     };
-                    if let Err(e) = verify_receipt_for(&receipt, &party.verifying_key, &expected) {
-                        bad_receipt.get_or_insert((id.clone(), e.to_string()));
+                    if let Err(e) = checked {
+                        bad_receipt.get_or_insert((id.clone(), e));
                         continue;
                     }
                     if let Some(flight) = take(&id) {
@@ -631,7 +673,7 @@ async fn record_results(
                         settled.push(Settled::Delivered {
                             flight,
                             receipt_at: at,
-                            single: body.items.is_empty(),
+                            single,
                         });
                     }
                 }

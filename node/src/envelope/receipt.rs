@@ -69,16 +69,31 @@ pub fn verify_receipt_for(
     expected: &Expected<'_>,
 ) -> Result<ReceiptBody, EnvelopeError> {
     let body = verify_receipt(receipt, key, expected.recipient)?;
+    check_receipt_body(&body, expected)?;
+    Ok(body)
+}
+
+/// Checks that an already verified receipt body is about exactly the expected envelope (the
+/// second half of [`verify_receipt_for`], for callers that check many envelopes against one
+/// batch receipt and verify its signature once).
+pub fn check_receipt_body(
+    body: &ReceiptBody,
+    expected: &Expected<'_>,
+) -> Result<(), EnvelopeError> {
     let mismatch = |field: &str, got: String, want: String| {
         EnvelopeError::ReceiptMismatch(format!("{field} is {got}, expected {want}"))
     };
     if body.sender != expected.sender {
-        return Err(mismatch("sender", body.sender, expected.sender.into()));
+        return Err(mismatch(
+            "sender",
+            body.sender.clone(),
+            expected.sender.into(),
+        ));
     }
     if body.recipient != expected.recipient {
         return Err(mismatch(
             "recipient",
-            body.recipient,
+            body.recipient.clone(),
             expected.recipient.into(),
         ));
     }
@@ -86,7 +101,7 @@ pub fn verify_receipt_for(
         if body.message_id != expected.message_id {
             return Err(mismatch(
                 "message_id",
-                body.message_id,
+                body.message_id.clone(),
                 expected.message_id.into(),
             ));
         }
@@ -103,7 +118,7 @@ pub fn verify_receipt_for(
             .iter()
             .filter(|i| i.message_id == expected.message_id)
             .count();
-        match receipt_item_for(&body, expected.message_id) {
+        match receipt_item_for(body, expected.message_id) {
             Some((digest, _)) => digest,
             None if naming == 0 => {
                 return Err(EnvelopeError::ReceiptMismatch(format!(
@@ -127,7 +142,7 @@ pub fn verify_receipt_for(
             hex::encode(expected.envelope_digest),
         ));
     }
-    Ok(body)
+    Ok(())
 }
 
 #[cfg(test)]

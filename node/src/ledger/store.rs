@@ -485,8 +485,11 @@ impl Store {
     /// Like [`Store::scan_prefix`], for paging: at most `limit` records, with keys strictly
     /// after `after` when given (pass the last key of the previous page).
     ///
-    /// Not a point-in-time snapshot: a group that becomes durable during the scan may be
-    /// visible for some keys and not others.
+    /// A consistent view of the durable records: the overlay lock is held for the whole scan,
+    /// so no group becomes visible half-way through it. (Without this, a group made durable
+    /// between two chunks of the scan would show only its keys after the first chunk, and a
+    /// reader paging through keys in commit order, like the Inbox stream, would skip the
+    /// others.) The committer waits for the scan when it fills or clears the overlay.
     pub fn scan_prefix_limit(
         &self,
         prefix: &[u8],
@@ -495,6 +498,7 @@ impl Store {
     ) -> Result<Vec<Record>, LedgerError> {
         check_side_key(prefix)?;
         let shared = &self.inner.shared;
+        let overlay = lock(&shared.overlay);
         let mut out: Vec<Record> = Vec::new();
         let mut lower = match after {
             Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
@@ -529,7 +533,7 @@ impl Store {
                 }
                 break;
             }
-            for (k, before) in lock(&shared.overlay).range((lower.clone(), Bound::Unbounded)) {
+            for (k, before) in overlay.range((lower.clone(), Bound::Unbounded)) {
                 if last.as_ref().is_some_and(|l| k > l) {
                     break;
                 }

@@ -370,3 +370,20 @@ async fn a_live_inbox_stream_sees_every_message_once_while_a_bulk_stream_arrives
     let responses = sending.await.unwrap();
     assert_eq!(responses.len(), N as usize);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shuts_down_promptly_while_its_back_office_keeps_an_inbox_stream_open() {
+    let mut fed = Federation::nl_br().await;
+    let mut live = fed
+        .gateway("BR")
+        .inbox(dccf_node::proto::v1::InboxRequest { drain_only: false })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(10), fed.stop("BR"))
+        .await
+        .expect("graceful shutdown does not wait for an open Inbox stream");
+    // The stream ends (cleanly or with an error), it does not hang.
+    let end = tokio::time::timeout(Duration::from_secs(5), live.message()).await;
+    assert!(end.is_ok(), "the Inbox stream ended with the node");
+}

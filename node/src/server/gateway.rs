@@ -20,12 +20,15 @@ use crate::state::NodeState;
 #[derive(Debug, Clone)]
 pub struct GatewayService {
     state: Arc<NodeState>,
+    /// Becomes true when the node shuts down: open Inbox streams end then, so that graceful
+    /// shutdown does not wait for a back office that keeps its stream open.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl GatewayService {
-    /// A service over `state`.
-    pub fn new(state: Arc<NodeState>) -> Self {
-        GatewayService { state }
+    /// A service over `state`; its streams end when `stopping` becomes true.
+    pub fn new(state: Arc<NodeState>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        GatewayService { state, stopping }
     }
 }
 
@@ -156,6 +159,7 @@ impl Gateway for GatewayService {
         super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
         let drain_only = request.into_inner().drain_only;
         let state = self.state.clone();
+        let mut stopping = self.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut heads = state.store.subscribe();
@@ -186,6 +190,7 @@ impl Gateway for GatewayService {
                 tokio::select! {
                     changed = heads.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
                 }
             }
         });

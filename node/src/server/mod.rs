@@ -166,9 +166,12 @@ pub async fn start_on(
     let gateway_task = tokio::spawn(
         builder(gateway_timeout)
             .add_service(
-                GatewayServer::new(gateway::GatewayService::new(state.clone()))
-                    .max_decoding_message_size(max_frame)
-                    .max_encoding_message_size(max_frame),
+                GatewayServer::new(gateway::GatewayService::new(
+                    state.clone(),
+                    shutdown.subscribe(),
+                ))
+                .max_decoding_message_size(max_frame)
+                .max_encoding_message_size(max_frame),
             )
             .add_service(AuditServer::new(audit::AuditService::new(state.clone())))
             .serve_with_incoming_shutdown(

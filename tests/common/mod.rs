@@ -170,7 +170,7 @@ impl Federation {
         dccf_node::cli::gateway_client_for(&self.admin(admin).config).expect("gateway client")
     }
 
-    /// An Exchange client to `to`, presenting `from`'s node certificate.
+    /// An Exchange client to `to` (in-process or a process), presenting `from`'s node certificate.
     pub fn exchange_as(&self, from: &str, to: &str) -> ExchangeClient<Channel> {
         let paths = self.admin(from).config.identity_paths();
         self.exchange_with_cert(&paths.node_cert(), &paths.node_key(), to)
@@ -178,16 +178,7 @@ impl Federation {
 
     /// An Exchange client to `to` presenting an arbitrary certificate and key.
     pub fn exchange_with_cert(&self, cert: &Path, key: &Path, to: &str) -> ExchangeClient<Channel> {
-        let target = self.admin(to);
-        let ca =
-            dccf_node::server::tls::load_certs(&target.config.identity_paths().ca_cert()).unwrap();
-        let config = dccf_node::server::tls::client_config(
-            &[ca[0].to_vec()],
-            dccf_node::server::tls::load_certs(cert).unwrap(),
-            dccf_node::server::tls::load_key(key).unwrap(),
-        )
-        .unwrap();
-        let addr = self.node(to).exchange_addr;
+        let (addr, config) = self.exchange_tls(cert, key, to);
         let channel = dccf_node::delivery::peers::tls_channel(
             &addr.to_string(),
             "127.0.0.1".try_into().unwrap(),
@@ -199,6 +190,46 @@ impl Federation {
         ExchangeClient::new(channel)
             .max_encoding_message_size(64 * 1024 * 1024)
             .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// The address of `to`'s Exchange listener (of the running in-process node, or the
+    /// configured one for a node process) and a TLS client configuration presenting `cert`/`key`
+    /// and trusting only `to`'s CA: what a raw client needs to speak to `to` over real TLS.
+    pub fn exchange_tls(
+        &self,
+        cert: &Path,
+        key: &Path,
+        to: &str,
+    ) -> (std::net::SocketAddr, std::sync::Arc<rustls::ClientConfig>) {
+        let target = self.admin(to);
+        let ca =
+            dccf_node::server::tls::load_certs(&target.config.identity_paths().ca_cert()).unwrap();
+        let config = dccf_node::server::tls::client_config(
+            &[ca[0].to_vec()],
+            dccf_node::server::tls::load_certs(cert).unwrap(),
+            dccf_node::server::tls::load_key(key).unwrap(),
+        )
+        .unwrap();
+        let addr = target
+            .node
+            .as_ref()
+            .map_or(target.config.listen, |n| n.exchange_addr);
+        (addr, config)
+    }
+
+    /// A gRPC channel to `to`'s Exchange listener presenting `from`'s node certificate (for raw
+    /// clients with their own codec).
+    pub fn exchange_channel_as(&self, from: &str, to: &str) -> Channel {
+        let paths = self.admin(from).config.identity_paths();
+        let (addr, config) = self.exchange_tls(&paths.node_cert(), &paths.node_key(), to);
+        dccf_node::delivery::peers::tls_channel(
+            &addr.to_string(),
+            "127.0.0.1".try_into().unwrap(),
+            config,
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        )
+        .unwrap()
     }
 
     /// Seals and signs an envelope with `from`'s real keys, to `to`'s HPKE key, under the
@@ -572,4 +603,200 @@ pub fn reason(status: &tonic::Status) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned()
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that a failing test
+/// leaves no node running behind it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill_9(&mut self) {
+        kill_9(&mut self.0);
+    }
+
+    /// Stops the process with SIGTERM and waits (at most `within`) for a clean exit.
+    pub async fn stop(&mut self, within: Duration) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM failed");
+        let deadline = tokio::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.0.try_wait().expect("wait for the node process") {
+                break status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the node process did not stop within {within:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "the node process exited with {status}");
+    }
+
+    /// Panics if the process has exited.
+    pub fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self.0.try_wait().expect("query the node process") {
+            panic!("{what}: the node process exited with {status}");
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resident memory (`VmRSS`) of process `pid`, in KiB.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Runs `dccf-node ledger export` for the stopped node configured by `config` into `out`, as an
+/// operator would; panics with the command's output if it fails.
+pub fn export_ledger_cli(config: &NodeConfig, out: &Path) {
+    let output = std::process::Command::new(node_binary())
+        .args(["ledger", "export", "--config"])
+        .arg(config.data_dir.join("node.toml"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run dccf-node ledger export");
+    assert!(
+        output.status.success(),
+        "ledger export of {} failed: {}{}",
+        config.admin,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Trusts `admin`'s CA for node certificates of `admin` only (for stand-in servers).
+#[derive(Debug)]
+pub struct TrustAdmin(pub String, pub Vec<u8>);
+
+impl dccf_node::server::tls::TrustSource for TrustAdmin {
+    fn cas_for(&self, admin: &str, role: Role) -> Vec<Vec<u8>> {
+        if admin == self.0 && role == Role::Node {
+            vec![self.1.clone()]
+        } else {
+            vec![]
+        }
+    }
+}
+
+impl Federation {
+    /// A TLS server configuration holding `admin`'s real node identity and admitting `client`'s
+    /// node certificate: a stand-in for `admin`'s Exchange listener that `client` connects to
+    /// as if it were the real node (a misbehaving peer is outside the product).
+    pub fn stand_in_tls(&self, admin: &str, client: &str) -> std::sync::Arc<rustls::ServerConfig> {
+        use dccf_node::server::tls;
+        let me = self.admin(admin).config.identity_paths();
+        let client_ca = tls::load_certs(&self.admin(client).config.identity_paths().ca_cert())
+            .unwrap()[0]
+            .to_vec();
+        tls::server_config(
+            tls::load_certs(&me.node_cert()).unwrap(),
+            tls::load_key(&me.node_key()).unwrap(),
+            std::sync::Arc::new(tls::PeerVerifier::new(std::sync::Arc::new(TrustAdmin(
+                client.into(),
+                client_ca,
+            )))),
+        )
+        .unwrap()
+    }
+}
+
+/// A stand-in Exchange server (e.g. a misbehaving peer) on its own runtime and thread, so that
+/// stopping it closes every connection it accepted, as the exit of a real node process would
+/// (aborting a tonic server task leaves its spawned connection tasks serving).
+pub struct StandIn {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StandIn {
+    /// Serves `service` over TLS with `tls` on `addr` (bound here, retrying while a stopped
+    /// node releases it).
+    pub fn serve<S>(
+        addr: std::net::SocketAddr,
+        tls: std::sync::Arc<rustls::ServerConfig>,
+        service: S,
+    ) -> StandIn
+    where
+        S: dccf_node::proto::v1::exchange_server::Exchange,
+    {
+        let listener = bind_std_retry(addr);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("stand-in runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let incoming =
+                    dccf_node::server::tls::incoming(listener, tls, Duration::from_secs(5), 8);
+                let server = tonic::transport::Server::builder()
+                    .add_service(
+                        dccf_node::proto::v1::exchange_server::ExchangeServer::new(service)
+                            .max_decoding_message_size(64 * 1024 * 1024),
+                    )
+                    .serve_with_incoming(incoming);
+                tokio::select! {
+                    _ = server => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime drops every connection task, closing the sockets.
+            rt.shutdown_timeout(Duration::from_secs(5));
+        });
+        StandIn {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server and closes its connections and listener.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("stand-in thread");
+        }
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds `addr` (as a non-blocking std listener), retrying for up to 5 s while a stopped node
+/// releases it.
+pub fn bind_std_retry(addr: std::net::SocketAddr) -> std::net::TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = std::net::TcpListener::bind(addr) {
+            l.set_nonblocking(true).expect("non-blocking listener");
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cannot bind {addr}");
 }

@@ -480,8 +480,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The code, message and causes of a failed call. A transport failure's message is only
+/// "transport error": what actually went wrong (refused, reset, connect timed out, TLS) is in
+/// its sources, and the operator reading the outbox's `last_error` needs it.
 fn status_text(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        let cause = e.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// Feeds the partner's queue into the stream in order, at most `window` unanswered; closes the

@@ -29,7 +29,6 @@ pub fn tls_channel(
             admin: host_port.to_owned(),
             detail: e.to_string(),
         })?
-        .connect_timeout(connect_timeout)
         .timeout(request_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -38,12 +37,25 @@ pub fn tls_channel(
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let (addr, config, name) = (addr.clone(), config.clone(), server_name.clone());
         async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
+            // The connect timeout covers TCP and the TLS handshake (a peer may accept and then
+            // say nothing), and says so: the error ends up in the outbox's `last_error`.
+            let connect = async {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+            };
+            match tokio::time::timeout(connect_timeout, connect).await {
+                Ok(tls) => Ok(TokioIo::new(tls?)),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connecting to {addr} (TCP and TLS handshake) timed out after {}s",
+                        connect_timeout.as_secs_f32()
+                    ),
+                )),
+            }
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connector))

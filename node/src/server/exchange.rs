@@ -155,7 +155,9 @@ impl Exchange for ExchangeService {
                 let first = match incoming.next().await {
                     None => return,
                     Some(Err(status)) => {
-                        let _ = staged_tx.send(Staged::Failed(status)).await;
+                        let _ = staged_tx
+                            .send(Staged::Failed(standard_status(status)))
+                            .await;
                         return;
                     }
                     Some(Ok(envelope)) => envelope,
@@ -167,7 +169,7 @@ impl Exchange for ExchangeService {
                     match crate::delivery::next_ready(&mut incoming) {
                         Some(Some(Ok(envelope))) => chunk.push(envelope),
                         Some(Some(Err(status))) => {
-                            failed = Some(status);
+                            failed = Some(standard_status(status));
                             break;
                         }
                         Some(None) | None => break,
@@ -203,6 +205,19 @@ impl Exchange for ExchangeService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(results_rx),
         )))
+    }
+}
+
+/// tonic's decoder refuses a frame over the size limit with OUT_OF_RANGE; gRPC says
+/// RESOURCE_EXHAUSTED, and that is what a unary call answers (the `size_limit` layer rewrites its
+/// response headers). On a stream the refusal comes in the trailers, after earlier results,
+/// where the layer cannot see it: say the same here.
+fn standard_status(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        crate::delivery::Refusal::new(crate::proto::v1::RejectReason::TooLarge, status.message())
+            .to_status()
+    } else {
+        status
     }
 }
 

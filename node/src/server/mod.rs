@@ -19,6 +19,9 @@ use crate::proto::v1::exchange_server::ExchangeServer;
 use crate::proto::v1::gateway_server::GatewayServer;
 use crate::state::{BackOfficeTrust, NodeState, PartnerTrust, StateError};
 
+/// How long a shutdown waits for calls in progress to finish.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
 /// How often a running node checks whether agreements came into or left force.
 const AGREEMENT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -58,10 +61,25 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Stops accepting, lets in-flight calls finish, and waits for the listeners to close.
+    /// Stops accepting, lets in-flight calls finish (for at most [`DRAIN`]), and waits for the
+    /// listeners to close and the background tasks to stop.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        let mut tasks = self.tasks.into_iter();
+        // The two listeners first. A graceful stop waits for every call in progress, and a
+        // stream a partner keeps feeding (or an Inbox subscription) never ends by itself: stop
+        // waiting after DRAIN. Nothing unacknowledged is lost; the caller retries.
+        for listener in tasks.by_ref().take(2) {
+            let abort = listener.abort_handle();
+            if tokio::time::timeout(DRAIN, listener).await.is_err() {
+                tracing::warn!(
+                    drain_secs = DRAIN.as_secs(),
+                    "calls still open after the drain period; no longer waiting for them"
+                );
+                abort.abort();
+            }
+        }
+        for t in tasks {
             let _ = t.await;
         }
     }

@@ -18,18 +18,20 @@
 //!   verification, reconciliation and tlog-proofs.
 //! - [`checkpoints`]: publishing signed checkpoints; storing the cosignatures partners return.
 //! - [`witness`]: witnessing partners' ledgers (consistency, cosigning, fork alarms).
-//! - [`delivery`]: the send and receive pipelines, the durable inbox, retention sweep,
+//! - [`delivery`]: the send pipeline into the durable outbox, background delivery (courier,
+//!   retries, dead letters), the receive pipeline, the durable inbox, retention sweep,
 //!   onward-transfer records, partner connections.
 //! - [`server`]: the `Exchange` (partners), `Gateway` (back office) and `Audit` (auditors)
 //!   services and their TLS.
 //! - [`state`]: what the services of a running node share.
-//! - [`cli`], [`ledger_commands`], [`demo`], [`bench`] (and [`bench_ledger`],
-//!   [`bench_delivery`]): the `dccf-node` commands.
+//! - [`cli`], [`ledger_commands`], [`outbox_commands`], [`demo`], [`bench`] (and
+//!   [`bench_ledger`], [`bench_delivery`]): the `dccf-node` commands.
 //! - [`proto`]: generated code for the wire contract in `proto/dccf/v1/`.
 //! - [`samples`]: synthetic customs messages for the demo, tests and benchmarks.
 //!
-//! A message's path: `Gateway.Send` → [`delivery::outbound::send`] → partner's `Exchange.Deliver`
-//! → [`delivery::inbound::receive`] → [`delivery::inbox`] → partner's `Gateway.Inbox`.
+//! A message's path: `Gateway.Send`/`SendStream` → [`delivery::outbound`] → [`delivery::outbox`]
+//! → [`delivery::courier`] → partner's `Exchange.DeliverStream` → [`delivery::inbound`] →
+//! [`delivery::inbox`] → partner's `Gateway.Inbox`.
 
 pub mod agreement;
 pub mod bench;

@@ -80,36 +80,36 @@ pub async fn run(action: OutboxAction) -> Result<String, CliError> {
         OutboxAction::Retry {
             config,
             message_ids,
-        } => {
-            let n = message_ids.len();
-            let r = gateway_client(&config)
-                .await?
-                .retry_outbox(OutboxActionRequest { message_ids })
-                .await
-                .map_err(|s| failed("retry", &s))?
-                .into_inner();
-            Ok(format!(
-                "retrying {} of {n} message(s) (the others are not in the outbox)",
-                r.affected
-            ))
-        }
+        } => act(&config, message_ids, "retry", "retrying").await,
         OutboxAction::Cancel {
             config,
             message_ids,
-        } => {
-            let n = message_ids.len();
-            let r = gateway_client(&config)
-                .await?
-                .cancel_outbox(OutboxActionRequest { message_ids })
-                .await
-                .map_err(|s| failed("cancel", &s))?
-                .into_inner();
-            Ok(format!(
-                "cancelled {} of {n} message(s) (the others are not in the outbox)",
-                r.affected
-            ))
-        }
+        } => act(&config, message_ids, "cancel", "cancelled").await,
     }
+}
+
+/// Retries or cancels `message_ids` through the Gateway; says how many were in the outbox.
+async fn act(
+    config: &Path,
+    message_ids: Vec<String>,
+    what: &str,
+    done: &str,
+) -> Result<String, CliError> {
+    let n = message_ids.len();
+    let mut client = gateway_client(config).await?;
+    let request = OutboxActionRequest { message_ids };
+    let response = if what == "retry" {
+        client.retry_outbox(request).await
+    } else {
+        client.cancel_outbox(request).await
+    };
+    let affected = response
+        .map_err(|s| failed(what, &s))?
+        .into_inner()
+        .affected;
+    Ok(format!(
+        "{done} {affected} of {n} message(s) (the others are not in the outbox)"
+    ))
 }
 
 async fn list(

@@ -19,11 +19,10 @@ use std::time::Duration;
 use prost::Message;
 use rand_core::RngCore;
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
-use tokio_stream::StreamExt;
 
 use super::outbound::{SendError, sent_key};
 use super::outbox::{self, Queue};
-use super::{Refusal, next_ready};
+use super::{Refusal, next_chunk};
 use crate::envelope::now_ms;
 use crate::envelope::receipt::{Expected, check_receipt_body, verify_receipt};
 use crate::ledger::entry;
@@ -334,7 +333,25 @@ async fn run(
     }
 }
 
-/// One stream's worth of delivery, from the head of the queue on.
+/// Why a delivery run stopped before the queue was drained.
+struct RunFailure {
+    /// What went wrong (never payload content).
+    detail: String,
+    /// The partner's receipt did not verify.
+    bad_receipt: bool,
+}
+
+impl RunFailure {
+    fn new(detail: impl Into<String>) -> Self {
+        RunFailure {
+            detail: detail.into(),
+            bad_receipt: false,
+        }
+    }
+}
+
+/// One stream's worth of delivery, from the head of the queue on. A failure counts as an
+/// attempt at the oldest unanswered message (or the head, if nothing was sent yet).
 async fn deliver_run(
     state: &Arc<NodeState>,
     partner: &str,
@@ -342,23 +359,47 @@ async fn deliver_run(
     head_seq: u64,
     head: OutboxRecord,
 ) {
-    let me = state.admin().to_owned();
-    let now = now_ms();
-    let Some(party) = state.agreements().partner(&me, partner, now).cloned() else {
-        let why = format!("no agreement in force with {partner}");
-        fail(state, partner, head_seq, head, &why).await;
+    let in_flight: Arc<Mutex<BTreeMap<u64, InFlight>>> = Default::default();
+    let Err(failure) = stream_run(state, partner, notify, &in_flight).await else {
         return;
     };
-    let mut client = match state.peers.client(&party) {
-        Ok(c) => c,
-        Err(e) => {
-            fail(state, partner, head_seq, head, &e.to_string()).await;
-            return;
-        }
-    };
+    let oldest = in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .next()
+        .map(|(s, f)| (*s, f.record.clone()));
+    let (seq, record) = oldest.unwrap_or((head_seq, head));
+    fail(
+        state,
+        partner,
+        seq,
+        record,
+        &failure.detail,
+        failure.bad_receipt,
+    )
+    .await;
+}
+
+/// Streams the partner's queue until it stays empty (`Ok`) or something fails.
+async fn stream_run(
+    state: &Arc<NodeState>,
+    partner: &str,
+    notify: &Arc<Notify>,
+    in_flight: &Arc<Mutex<BTreeMap<u64, InFlight>>>,
+) -> Result<(), RunFailure> {
+    let me = state.admin().to_owned();
+    let party = state
+        .agreements()
+        .partner(&me, partner, now_ms())
+        .cloned()
+        .ok_or_else(|| RunFailure::new(format!("no agreement in force with {partner}")))?;
+    let mut client = state
+        .peers
+        .client(&party)
+        .map_err(|e| RunFailure::new(e.to_string()))?;
     let window = state.config.delivery.window;
     let permits = Arc::new(Semaphore::new(window));
-    let in_flight: Arc<Mutex<BTreeMap<u64, InFlight>>> = Default::default();
     let by_id: Arc<Mutex<HashMap<String, u64>>> = Default::default();
     let (tx, rx) = tokio::sync::mpsc::channel::<Envelope>(window.min(PAGE));
     let feeder = tokio::spawn(feed(
@@ -374,100 +415,51 @@ async fn deliver_run(
     let timeout = Duration::from_secs(
         state.config.limits.connect_timeout_secs + state.config.limits.request_timeout_secs,
     );
-    let oldest = |in_flight: &Mutex<BTreeMap<u64, InFlight>>| {
-        in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .next()
-            .map(|(s, f)| (*s, f.record.clone()))
-    };
-    let failed = |detail: String| {
-        let target = oldest(&in_flight).unwrap_or((head_seq, head.clone()));
-        (target, detail)
-    };
-    let call = tokio::time::timeout(
+    let no_answer = || RunFailure::new(format!("no answer within {}s", timeout.as_secs()));
+    let mut results = tokio::time::timeout(
         timeout,
         client.deliver_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
-    .await;
-    let mut results = match call {
-        Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(status)) => {
-            let ((seq, rec), why) = failed(status_text(&status));
-            fail(state, partner, seq, rec, &why).await;
-            return;
-        }
-        Err(_) => {
-            let ((seq, rec), why) = failed(format!("no answer within {}s", timeout.as_secs()));
-            fail(state, partner, seq, rec, &why).await;
-            return;
-        }
-    };
+    .await
+    .map_err(|_| no_answer())?
+    .map_err(|status| RunFailure::new(status_text(&status)))?
+    .into_inner();
     loop {
         let waiting = !in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty();
+        // Answers that have arrived, as one batch; bounded wait while envelopes are unanswered.
         let next = if waiting {
-            match tokio::time::timeout(timeout, results.next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    let ((seq, rec), why) =
-                        failed(format!("no answer within {}s", timeout.as_secs()));
-                    fail(state, partner, seq, rec, &why).await;
-                    return;
-                }
-            }
+            tokio::time::timeout(timeout, next_chunk(&mut results, PAGE))
+                .await
+                .map_err(|_| no_answer())?
         } else {
-            results.next().await
+            next_chunk(&mut results, PAGE).await
         };
-        let first = match next {
-            None => {
-                if let Some((seq, rec)) = oldest(&in_flight) {
-                    fail(
-                        state,
-                        partner,
-                        seq,
-                        rec,
-                        "the partner closed the stream early",
-                    )
-                    .await;
-                }
-                return;
-            }
-            Some(Err(status)) => {
-                let ((seq, rec), why) = failed(status_text(&status));
-                fail(state, partner, seq, rec, &why).await;
-                return;
-            }
-            Some(Ok(r)) => r,
+        let Some((batch, broken)) = next else {
+            let unanswered = !in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            return if unanswered {
+                Err(RunFailure::new("the partner closed the stream early"))
+            } else {
+                Ok(())
+            };
         };
-        let mut batch = vec![first];
-        let mut broken = None;
-        while batch.len() < PAGE {
-            match next_ready(&mut results) {
-                Some(Some(Ok(r))) => batch.push(r),
-                Some(Some(Err(status))) => {
-                    broken = Some(status);
-                    break;
-                }
-                Some(None) | None => break,
-            }
-        }
         let (transient, resolved) =
-            record_results(state, partner, &party, &in_flight, &by_id, batch).await;
+            record_results(state, partner, &party, in_flight, &by_id, batch).await;
         // Let the feeder send as many more as were answered.
         permits.add_permits(resolved);
         if let Some((detail, bad_receipt)) = transient {
-            let ((seq, rec), why) = failed(detail);
-            fail_as(state, partner, seq, rec, &why, bad_receipt).await;
-            return;
+            return Err(RunFailure {
+                detail,
+                bad_receipt,
+            });
         }
         if let Some(status) = broken {
-            let ((seq, rec), why) = failed(status_text(&status));
-            fail(state, partner, seq, rec, &why).await;
-            return;
+            return Err(RunFailure::new(status_text(&status)));
         }
     }
 }
@@ -868,13 +860,9 @@ fn dead_letter(
 }
 
 /// A failed attempt at `partner`'s message `seq`: recorded, then either a backoff or, past the
-/// limits, the dead-letter queue.
-async fn fail(state: &Arc<NodeState>, partner: &str, seq: u64, record: OutboxRecord, why: &str) {
-    fail_as(state, partner, seq, record, why, false).await;
-}
-
-/// [`fail`], telling a waiting `Send` that the cause was an invalid receipt if `bad_receipt`.
-async fn fail_as(
+/// limits, the dead-letter queue. A waiting `Send` hears that the cause was an invalid receipt
+/// if `bad_receipt`.
+async fn fail(
     state: &Arc<NodeState>,
     partner: &str,
     seq: u64,

@@ -144,6 +144,29 @@ pub fn check_payload(
     })
 }
 
+/// The next chunk of a stream: waits for one item, then takes what has already arrived, up to
+/// `max`, without waiting for more. `None` once the stream has ended. An error ends the chunk and
+/// comes back with the items before it (which may be none), to be reported after them.
+pub async fn next_chunk<S, T, E>(stream: &mut S, max: usize) -> Option<(Vec<T>, Option<E>)>
+where
+    S: tokio_stream::Stream<Item = Result<T, E>> + Unpin,
+{
+    use tokio_stream::StreamExt;
+    let mut chunk = Vec::new();
+    match stream.next().await? {
+        Ok(item) => chunk.push(item),
+        Err(e) => return Some((chunk, Some(e))),
+    }
+    while chunk.len() < max {
+        match next_ready(stream) {
+            Some(Some(Ok(item))) => chunk.push(item),
+            Some(Some(Err(e))) => return Some((chunk, Some(e))),
+            Some(None) | None => break,
+        }
+    }
+    Some((chunk, None))
+}
+
 /// The stream's next item if it has already arrived: `Some(item)`, or `None` when polling would
 /// wait. Lets a reader take what is buffered as one chunk without waiting for more.
 pub fn next_ready<S: tokio_stream::Stream + Unpin>(stream: &mut S) -> Option<Option<S::Item>> {

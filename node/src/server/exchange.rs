@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::delivery::inbound;
@@ -151,33 +151,16 @@ impl Exchange for ExchangeService {
         let (staged_tx, mut staged_rx) = tokio::sync::mpsc::channel(STAGED_CHUNKS);
         let reader_state = state.clone();
         tokio::spawn(async move {
-            loop {
-                let first = match incoming.next().await {
-                    None => return,
-                    Some(Err(status)) => {
-                        let _ = staged_tx
-                            .send(Staged::Failed(standard_status(status)))
-                            .await;
+            // Take what has already arrived, up to a chunk, without waiting for more.
+            while let Some((chunk, failed)) =
+                crate::delivery::next_chunk(&mut incoming, MAX_CHUNK).await
+            {
+                let failed = failed.map(standard_status);
+                if !chunk.is_empty() {
+                    let staged = inbound::stage_chunk(&reader_state, &peer, chunk).await;
+                    if staged_tx.send(Staged::Chunk(staged)).await.is_err() {
                         return;
                     }
-                    Some(Ok(envelope)) => envelope,
-                };
-                let mut chunk = vec![first];
-                let mut failed = None;
-                // Take what has already arrived, up to a chunk, without waiting for more.
-                while chunk.len() < MAX_CHUNK {
-                    match crate::delivery::next_ready(&mut incoming) {
-                        Some(Some(Ok(envelope))) => chunk.push(envelope),
-                        Some(Some(Err(status))) => {
-                            failed = Some(standard_status(status));
-                            break;
-                        }
-                        Some(None) | None => break,
-                    }
-                }
-                let staged = inbound::stage_chunk(&reader_state, &peer, chunk).await;
-                if staged_tx.send(Staged::Chunk(staged)).await.is_err() {
-                    return;
                 }
                 if let Some(status) = failed {
                     let _ = staged_tx.send(Staged::Failed(status)).await;

@@ -64,32 +64,15 @@ impl Gateway for GatewayService {
             tokio::sync::mpsc::channel::<Result<outbound::StagedSends, Status>>(2);
         let reader_state = state.clone();
         tokio::spawn(async move {
-            use tokio_stream::StreamExt;
-            loop {
-                let first = match incoming.next().await {
-                    None => return,
-                    Some(Err(status)) => {
-                        let _ = chunks_tx.send(Err(status)).await;
+            while let Some((chunk, failed)) =
+                crate::delivery::next_chunk(&mut incoming, SEND_CHUNK).await
+            {
+                // Staged in order; the next chunk is sealed while this one syncs.
+                if !chunk.is_empty() {
+                    let staged = outbound::stage_sends(&reader_state, chunk).await;
+                    if chunks_tx.send(Ok(staged)).await.is_err() {
                         return;
                     }
-                    Some(Ok(r)) => r,
-                };
-                let mut chunk = vec![first];
-                let mut failed = None;
-                while chunk.len() < SEND_CHUNK {
-                    match crate::delivery::next_ready(&mut incoming) {
-                        Some(Some(Ok(r))) => chunk.push(r),
-                        Some(Some(Err(status))) => {
-                            failed = Some(status);
-                            break;
-                        }
-                        Some(None) | None => break,
-                    }
-                }
-                // Staged in order; the next chunk is sealed while this one syncs.
-                let staged = outbound::stage_sends(&reader_state, chunk).await;
-                if chunks_tx.send(Ok(staged)).await.is_err() {
-                    return;
                 }
                 if let Some(status) = failed {
                     let _ = chunks_tx.send(Err(status)).await;

@@ -1885,6 +1885,27 @@ mod child {
 
     #[tonic::async_trait]
     impl Exchange for Echo {
+        type SubscribeAeoStream = std::pin::Pin<
+            Box<
+                dyn tokio_stream::Stream<Item = Result<crate::proto::v1::AeoSignedBatch, Status>>
+                    + Send,
+            >,
+        >;
+
+        async fn subscribe_aeo(
+            &self,
+            _: Request<crate::proto::v1::AeoSubscribeRequest>,
+        ) -> Result<Response<Self::SubscribeAeoStream>, Status> {
+            Err(Status::unimplemented("stream baseline only"))
+        }
+
+        async fn lookup_aeo(
+            &self,
+            _: Request<crate::proto::v1::AeoLookupRequest>,
+        ) -> Result<Response<crate::proto::v1::AeoSignedBatch>, Status> {
+            Err(Status::unimplemented("stream baseline only"))
+        }
+
         async fn deliver(&self, _: Request<Envelope>) -> Result<Response<Receipt>, Status> {
             Err(Status::unimplemented("stream baseline only"))
         }

@@ -33,6 +33,7 @@
 //! → [`delivery::courier`] → partner's `Exchange.DeliverStream` → [`delivery::inbound`] →
 //! [`delivery::inbox`] → partner's `Gateway.Inbox`.
 
+pub mod aeo;
 pub mod agreement;
 pub mod bench;
 pub mod bench_delivery;

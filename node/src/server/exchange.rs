@@ -81,6 +81,27 @@ pub(crate) fn peer_admin<T>(request: &Request<T>) -> Result<String, Status> {
 
 #[tonic::async_trait]
 impl Exchange for ExchangeService {
+    type SubscribeAeoStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<crate::proto::v1::AeoSignedBatch, Status>>
+                + Send,
+        >,
+    >;
+
+    async fn subscribe_aeo(
+        &self,
+        _request: Request<crate::proto::v1::AeoSubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeAeoStream>, Status> {
+        Err(Status::unimplemented("AEO feed: not yet"))
+    }
+
+    async fn lookup_aeo(
+        &self,
+        _request: Request<crate::proto::v1::AeoLookupRequest>,
+    ) -> Result<Response<crate::proto::v1::AeoSignedBatch>, Status> {
+        Err(Status::unimplemented("AEO lookup: not yet"))
+    }
+
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<Receipt>, Status> {
         let peer = peer_admin(&request)?;
         inbound::receive(&self.state, &peer, request.into_inner())

@@ -40,6 +40,48 @@ const INBOX_PAGE: usize = 64;
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
+    async fn import_aeo_registry(
+        &self,
+        _request: Request<tonic::Streaming<crate::proto::v1::ImportAeoRequest>>,
+    ) -> Result<Response<crate::proto::v1::ImportAeoResponse>, Status> {
+        Err(Status::unimplemented("AEO: not yet"))
+    }
+
+    async fn update_aeo_operator(
+        &self,
+        _request: Request<crate::proto::v1::UpdateAeoRequest>,
+    ) -> Result<Response<crate::proto::v1::ImportAeoResponse>, Status> {
+        Err(Status::unimplemented("AEO: not yet"))
+    }
+
+    async fn lookup_aeo(
+        &self,
+        _request: Request<crate::proto::v1::LookupAeoRequest>,
+    ) -> Result<Response<crate::proto::v1::LookupAeoResponse>, Status> {
+        Err(Status::unimplemented("AEO: not yet"))
+    }
+
+    type LookupAeoStreamStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<crate::proto::v1::LookupAeoResponse, Status>>
+                + Send,
+        >,
+    >;
+
+    async fn lookup_aeo_stream(
+        &self,
+        _request: Request<tonic::Streaming<crate::proto::v1::LookupAeoRequest>>,
+    ) -> Result<Response<Self::LookupAeoStreamStream>, Status> {
+        Err(Status::unimplemented("AEO: not yet"))
+    }
+
+    async fn list_aeo_mirrors(
+        &self,
+        _request: Request<crate::proto::v1::ListAeoMirrorsRequest>,
+    ) -> Result<Response<crate::proto::v1::ListAeoMirrorsResponse>, Status> {
+        Err(Status::unimplemented("AEO: not yet"))
+    }
+
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
         outbound::send(&self.state, request.into_inner())

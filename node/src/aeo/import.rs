@@ -1,0 +1,1 @@
+//! Reading AEO registry files (CSV, JSON).

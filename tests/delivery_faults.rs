@@ -549,6 +549,27 @@ struct Silent;
 
 #[tonic::async_trait]
 impl Exchange for Silent {
+    type SubscribeAeoStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<dccf_node::proto::v1::AeoSignedBatch, Status>>
+                + Send,
+        >,
+    >;
+
+    async fn subscribe_aeo(
+        &self,
+        _: Request<dccf_node::proto::v1::AeoSubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeAeoStream>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
+    async fn lookup_aeo(
+        &self,
+        _: Request<dccf_node::proto::v1::AeoLookupRequest>,
+    ) -> Result<Response<dccf_node::proto::v1::AeoSignedBatch>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
     async fn deliver(&self, _: Request<Envelope>) -> Result<Response<Receipt>, Status> {
         std::future::pending().await
     }
@@ -1089,6 +1110,27 @@ struct SlowReader {
 
 #[tonic::async_trait]
 impl Exchange for SlowReader {
+    type SubscribeAeoStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<dccf_node::proto::v1::AeoSignedBatch, Status>>
+                + Send,
+        >,
+    >;
+
+    async fn subscribe_aeo(
+        &self,
+        _: Request<dccf_node::proto::v1::AeoSubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeAeoStream>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
+    async fn lookup_aeo(
+        &self,
+        _: Request<dccf_node::proto::v1::AeoLookupRequest>,
+    ) -> Result<Response<dccf_node::proto::v1::AeoSignedBatch>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
     async fn deliver(&self, _: Request<Envelope>) -> Result<Response<Receipt>, Status> {
         std::future::pending().await
     }

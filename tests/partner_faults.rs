@@ -22,6 +22,27 @@ struct ForgingPartner {
 
 #[tonic::async_trait]
 impl Exchange for ForgingPartner {
+    type SubscribeAeoStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<dccf_node::proto::v1::AeoSignedBatch, Status>>
+                + Send,
+        >,
+    >;
+
+    async fn subscribe_aeo(
+        &self,
+        _: Request<dccf_node::proto::v1::AeoSubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeAeoStream>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
+    async fn lookup_aeo(
+        &self,
+        _: Request<dccf_node::proto::v1::AeoLookupRequest>,
+    ) -> Result<Response<dccf_node::proto::v1::AeoSignedBatch>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<Receipt>, Status> {
         Ok(Response::new(forged_receipt(
             &self.key,

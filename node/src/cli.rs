@@ -431,6 +431,7 @@ pub fn init(
         limits: Limits::default(),
         ledger: Default::default(),
         delivery: Default::default(),
+        aeo: Default::default(),
     };
     crate::identity::keyfile::write_public(
         &staging.path().join("node.toml"),

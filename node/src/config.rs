@@ -64,6 +64,44 @@ pub struct NodeConfig {
     /// Outbox, retries and bulk mode; every field has a default.
     #[serde(default)]
     pub delivery: DeliverySettings,
+    /// AEO registry, partner mirrors and lookups; every field has a default.
+    #[serde(default)]
+    pub aeo: AeoSettings,
+}
+
+/// AEO mutual recognition: the registry database, mirror feeds and lookups.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AeoSettings {
+    /// Page cache of the AEO database (`aeo.redb`), MiB.
+    pub cache_mib: u64,
+    /// A mirror feed sends a signed heartbeat after this many idle seconds; a mirror that hears
+    /// nothing for three heartbeats (plus 10 s) reconnects.
+    pub heartbeat_secs: u64,
+    /// Records per signed snapshot part (the inclusion path of each record is log2 of this).
+    pub snapshot_part: usize,
+    /// Most changed operators sent as one delta; a mirror further behind gets a snapshot.
+    pub max_delta: usize,
+    /// Most queries in one online lookup (`Exchange.LookupAeo`).
+    pub max_lookup_batch: usize,
+    /// Largest registry file `ImportAeoRegistry` accepts, MiB.
+    pub max_import_mib: u64,
+    /// First reconnect delay of a mirror feed, milliseconds (doubles up to 30 s).
+    pub reconnect_initial_ms: u64,
+}
+
+impl Default for AeoSettings {
+    fn default() -> Self {
+        AeoSettings {
+            cache_mib: 64,
+            heartbeat_secs: 5,
+            snapshot_part: 64,
+            max_delta: 4096,
+            max_lookup_batch: 1000,
+            max_import_mib: 512,
+            reconnect_initial_ms: 500,
+        }
+    }
 }
 
 /// How the outbox delivers to partners: retries, dead letters, bounds and bulk mode.
@@ -297,6 +335,21 @@ impl NodeConfig {
                 d.epoch_max_age_secs,
                 1..=7 * 86_400,
             ),
+            ("aeo.cache_mib", self.aeo.cache_mib, 1..=65_536),
+            ("aeo.heartbeat_secs", self.aeo.heartbeat_secs, 1..=3600),
+            ("aeo.snapshot_part", self.aeo.snapshot_part as u64, 1..=4096),
+            ("aeo.max_delta", self.aeo.max_delta as u64, 1..=1_000_000),
+            (
+                "aeo.max_lookup_batch",
+                self.aeo.max_lookup_batch as u64,
+                1..=100_000,
+            ),
+            ("aeo.max_import_mib", self.aeo.max_import_mib, 1..=65_536),
+            (
+                "aeo.reconnect_initial_ms",
+                self.aeo.reconnect_initial_ms,
+                1..=60_000,
+            ),
         ] {
             if !range.contains(&v) {
                 return Err(invalid(
@@ -332,6 +385,11 @@ impl NodeConfig {
     /// Directory of the sled database holding the ledger, inbox and dedupe records.
     pub fn ledger_dir(&self) -> PathBuf {
         self.data_dir.join("ledger")
+    }
+
+    /// The AEO registry and mirror database.
+    pub fn aeo_db(&self) -> PathBuf {
+        self.data_dir.join("aeo.redb")
     }
 
     /// Renders a commented `node.toml` for this configuration (paths as given).
@@ -398,7 +456,30 @@ batch_size = {batch_size}
 epoch_max_messages = {epoch_max_messages}
 # Age after which a new HPKE epoch starts, seconds.
 epoch_max_age_secs = {epoch_max_age_secs}
+
+[aeo]
+# Page cache of the AEO registry and mirror database (aeo.redb), MiB.
+cache_mib = {aeo_cache_mib}
+# Idle mirror feeds send a signed heartbeat this often, seconds.
+heartbeat_secs = {aeo_heartbeat_secs}
+# Records per signed snapshot part.
+snapshot_part = {aeo_snapshot_part}
+# Most changed operators per delta; a mirror further behind gets a full snapshot.
+max_delta = {aeo_max_delta}
+# Most queries per online lookup.
+max_lookup_batch = {aeo_max_lookup_batch}
+# Largest registry file accepted by an import, MiB.
+max_import_mib = {aeo_max_import_mib}
+# First reconnect delay of a mirror feed, milliseconds (doubles up to 30 s).
+reconnect_initial_ms = {aeo_reconnect_initial_ms}
 "#,
+            aeo_cache_mib = self.aeo.cache_mib,
+            aeo_heartbeat_secs = self.aeo.heartbeat_secs,
+            aeo_snapshot_part = self.aeo.snapshot_part,
+            aeo_max_delta = self.aeo.max_delta,
+            aeo_max_lookup_batch = self.aeo.max_lookup_batch,
+            aeo_max_import_mib = self.aeo.max_import_mib,
+            aeo_reconnect_initial_ms = self.aeo.reconnect_initial_ms,
             max_attempts = self.delivery.max_attempts,
             max_age_secs = self.delivery.max_age_secs,
             backoff_initial_ms = self.delivery.backoff_initial_ms,
@@ -456,6 +537,7 @@ mod tests {
             limits: Limits::default(),
             ledger: LedgerSettings::default(),
             delivery: DeliverySettings::default(),
+            aeo: AeoSettings::default(),
         }
     }
 

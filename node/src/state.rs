@@ -32,6 +32,14 @@ pub enum StateError {
     /// The ledger's signed checkpoint does not match the ledger, or could not be checked.
     #[error("ledger checkpoint: {0}")]
     Checkpoint(#[from] crate::checkpoints::CheckpointError),
+    /// The AEO registry database could not be opened.
+    #[error("AEO database {path}: {source}")]
+    Aeo {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: crate::aeo::AeoError,
+    },
 }
 
 /// Everything the services of one node share.
@@ -60,6 +68,8 @@ pub struct NodeState {
     /// Sender side of bulk mode: one HPKE epoch per partner and agreement, rotated by the
     /// `[delivery]` epoch limits.
     pub epochs: std::sync::Mutex<crate::envelope::bulk::Epochs>,
+    /// AEO registry, partner mirrors and their feeds.
+    pub aeo: crate::aeo::Aeo,
     agreements: RwLock<Arc<AgreementSet>>,
     in_flight: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -90,7 +100,17 @@ impl NodeState {
             max_age_ms: i64::try_from(config.delivery.epoch_max_age_secs * 1000)
                 .unwrap_or(i64::MAX),
         };
+        let aeo_path = config.aeo_db();
+        let aeo = crate::aeo::Aeo::open(
+            &aeo_path,
+            usize::try_from(config.aeo.cache_mib * 1024 * 1024).unwrap_or(usize::MAX),
+        )
+        .map_err(|source| StateError::Aeo {
+            path: aeo_path.clone(),
+            source,
+        })?;
         let state = NodeState {
+            aeo,
             config,
             identity,
             store,

@@ -90,16 +90,32 @@ impl Exchange for ExchangeService {
 
     async fn subscribe_aeo(
         &self,
-        _request: Request<crate::proto::v1::AeoSubscribeRequest>,
+        request: Request<crate::proto::v1::AeoSubscribeRequest>,
     ) -> Result<Response<Self::SubscribeAeoStream>, Status> {
-        Err(Status::unimplemented("AEO feed: not yet"))
+        let peer = peer_admin(&request)?;
+        let request = request.into_inner();
+        let publisher = crate::aeo::feed::publisher_for(&self.state, &peer, &request)?;
+        let (tx, rx) = crate::aeo::feed::channel();
+        tokio::spawn(crate::aeo::feed::serve(
+            self.state.clone(),
+            publisher,
+            request,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn lookup_aeo(
         &self,
-        _request: Request<crate::proto::v1::AeoLookupRequest>,
+        request: Request<crate::proto::v1::AeoLookupRequest>,
     ) -> Result<Response<crate::proto::v1::AeoSignedBatch>, Status> {
-        Err(Status::unimplemented("AEO lookup: not yet"))
+        let peer = peer_admin(&request)?;
+        crate::aeo::lookup::answer(&self.state, &peer, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<Receipt>, Status> {

@@ -42,23 +42,59 @@ const INBOX_PAGE: usize = 64;
 impl Gateway for GatewayService {
     async fn import_aeo_registry(
         &self,
-        _request: Request<tonic::Streaming<crate::proto::v1::ImportAeoRequest>>,
+        request: Request<tonic::Streaming<crate::proto::v1::ImportAeoRequest>>,
     ) -> Result<Response<crate::proto::v1::ImportAeoResponse>, Status> {
-        Err(Status::unimplemented("AEO: not yet"))
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
+        let limit = self.state.config.aeo.max_import_mib * 1024 * 1024;
+        let mut chunks = request.into_inner();
+        let mut format = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.message().await? {
+            if format.is_none() {
+                format = Some(
+                    crate::aeo::import::Format::from_name(&chunk.format)
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                );
+            }
+            if (data.len() + chunk.data.len()) as u64 > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "registry file larger than aeo.max_import_mib ({} MiB)",
+                    self.state.config.aeo.max_import_mib
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let format = format.ok_or_else(|| Status::invalid_argument("empty import: no data"))?;
+        crate::aeo::registry::import_file(&self.state, format, data)
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 
     async fn update_aeo_operator(
         &self,
-        _request: Request<crate::proto::v1::UpdateAeoRequest>,
+        request: Request<crate::proto::v1::UpdateAeoRequest>,
     ) -> Result<Response<crate::proto::v1::ImportAeoResponse>, Status> {
-        Err(Status::unimplemented("AEO: not yet"))
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
+        let request = request.into_inner();
+        let record = request
+            .record
+            .ok_or_else(|| Status::invalid_argument("an update needs a record"))?;
+        crate::aeo::registry::update(&self.state, record, request.status_only)
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 
     async fn lookup_aeo(
         &self,
-        _request: Request<crate::proto::v1::LookupAeoRequest>,
+        request: Request<crate::proto::v1::LookupAeoRequest>,
     ) -> Result<Response<crate::proto::v1::LookupAeoResponse>, Status> {
-        Err(Status::unimplemented("AEO: not yet"))
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
+        crate::aeo::lookup::lookup(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 
     type LookupAeoStreamStream = std::pin::Pin<
@@ -70,16 +106,51 @@ impl Gateway for GatewayService {
 
     async fn lookup_aeo_stream(
         &self,
-        _request: Request<tonic::Streaming<crate::proto::v1::LookupAeoRequest>>,
+        request: Request<tonic::Streaming<crate::proto::v1::LookupAeoRequest>>,
     ) -> Result<Response<Self::LookupAeoStreamStream>, Status> {
-        Err(Status::unimplemented("AEO: not yet"))
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
+        let mut requests = request.into_inner();
+        let state = self.state.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let next = match requests.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return,
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                };
+                let (reference, id) = (next.query_reference.clone(), next.operator_id.clone());
+                let answer = match crate::aeo::lookup::lookup(&state, next).await {
+                    Ok(a) => a,
+                    Err(e) => crate::proto::v1::LookupAeoResponse {
+                        query_reference: reference,
+                        operator_id: id,
+                        error: e.to_string(),
+                        ..Default::default()
+                    },
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn list_aeo_mirrors(
         &self,
-        _request: Request<crate::proto::v1::ListAeoMirrorsRequest>,
+        request: Request<crate::proto::v1::ListAeoMirrorsRequest>,
     ) -> Result<Response<crate::proto::v1::ListAeoMirrorsResponse>, Status> {
-        Err(Status::unimplemented("AEO: not yet"))
+        super::audit::require_role(&request, crate::identity::pki::Role::Gateway)?;
+        crate::aeo::lookup::list_mirrors(&self.state)
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status())
     }
 
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {

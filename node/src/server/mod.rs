@@ -263,6 +263,20 @@ pub async fn start_on(
                 what: e.to_string(),
             })
         })?;
+    // AEO: entries a crash left in the journal go to the ledger first; then one follower per
+    // partner whose registry this node mirrors.
+    crate::aeo::journal::flush(&state).await.map_err(|e| {
+        StateError::Ledger(crate::ledger::LedgerError::Corrupt {
+            what: format!("AEO journal: {e}"),
+        })
+    })?;
+    let mirror_task = {
+        let (state, stopping) = (state.clone(), shutdown.subscribe());
+        tokio::spawn(async move {
+            crate::aeo::mirror::run(state, stopping).await;
+            Ok(())
+        })
+    };
     tracing::info!(admin = state.admin(), %exchange_addr, %gateway_addr, "node serving");
     Ok(RunningNode {
         exchange_addr,
@@ -276,6 +290,7 @@ pub async fn start_on(
             checkpoint_task,
             witness_task,
             courier_task,
+            mirror_task,
         ],
     })
 }

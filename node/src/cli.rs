@@ -98,6 +98,13 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::outbox_commands::OutboxAction,
     },
+    /// The AEO registry and partner mirrors: generate, import, set-status, lookup, mirrors,
+    /// verify.
+    Aeo {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::aeo_commands::AeoAction,
+    },
     /// Issue client certificates from this administration's CA.
     Cert {
         /// What to do.
@@ -258,6 +265,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo { keep, dir } => crate::demo::run(keep, dir).await.map_err(err),
         Command::Outbox { action } => {
             let text = crate::outbox_commands::run(action).await?;
+            emit(&text)
+        }
+        Command::Aeo { action } => {
+            let text = crate::aeo_commands::run(action).await?;
             emit(&text)
         }
         Command::Agreement { action } => {

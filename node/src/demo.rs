@@ -463,6 +463,9 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
     // 5. Reliable delivery: bulk mode and an outage.
     delivery(&mut nodes, &mut nl_gw, &mut br_gw).await?;
 
+    // 6. AEO mutual recognition: BR's registry mirrored at NL, a suspension seen in moments.
+    aeo_mirror(&nodes, &mut nl_gw, &mut br_gw).await?;
+
     println!(
         "\nLedgers (append-only, RFC 6962 leaf hashes; nothing acknowledged before it is durable):"
     );
@@ -504,6 +507,155 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
         n.node.shutdown().await;
     }
     println!("\nDone.");
+    Ok(())
+}
+
+/// Section 6: BR imports its AEO registry; NL's mirror of it fills from a signed snapshot; NL
+/// looks an operator up (mirror and online, signed); BR suspends it; NL sees it moments later.
+async fn aeo_mirror(nodes: &[DemoNode], nl_gw: &mut Gw, br_gw: &mut Gw) -> Result<(), DemoError> {
+    use crate::proto::v1::{
+        AeoLookupMode, AeoRegistryRecord, ImportAeoRequest, ListAeoMirrorsRequest,
+        LookupAeoRequest, UpdateAeoRequest,
+    };
+    const OPERATORS: u64 = 10_000;
+    println!("\n6. AEO mutual recognition under {MRA_ID}: BR's registry mirrored at NL");
+    let records: Vec<AeoRegistryRecord> =
+        crate::aeo::generate::generate("BR", OPERATORS, 2026).collect();
+    let mut csv = Vec::new();
+    crate::aeo::import::write(crate::aeo::import::Format::Csv, &records, &mut csv).map_err(fail)?;
+    let started = std::time::Instant::now();
+    let imported = br_gw
+        .import_aeo_registry(tokio_stream::iter(vec![ImportAeoRequest {
+            format: "csv".into(),
+            data: csv,
+        }]))
+        .await
+        .map_err(|s| fail(format!("AEO import: {}", s.message())))?
+        .into_inner();
+    println!(
+        "   BR imports its registry (synthetic, {} operators, CSV): version {}, ledger #{}",
+        imported.records, imported.version, imported.ledger_index
+    );
+    let mirror_at = |gw: &mut Gw, version: u64| {
+        let mut gw = gw.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let list = gw
+                    .list_aeo_mirrors(ListAeoMirrorsRequest {})
+                    .await
+                    .map_err(|s| fail(format!("ListAeoMirrors: {}", s.message())))?
+                    .into_inner();
+                if let Some(m) = list.mirrors.into_iter().find(|m| m.partner == "BR")
+                    && m.version >= version
+                {
+                    return Ok(m);
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(fail("NL's mirror of BR did not catch up within 60 s"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let m = mirror_at(nl_gw, imported.version).await?;
+    println!(
+        "   NL's mirror of BR: {} operators at version {} after {} ms (signed snapshot, verified part by part)",
+        m.records,
+        m.version,
+        started.elapsed().as_millis()
+    );
+    let operator = records
+        .iter()
+        .find(|r| r.status == crate::proto::v1::AeoStatus::Valid as i32)
+        .ok_or_else(|| fail("no valid operator generated"))?
+        .operator_id
+        .clone();
+    let ask = |mode: AeoLookupMode, id: &str| LookupAeoRequest {
+        partner: "BR".into(),
+        operator_id: id.to_owned(),
+        mode: mode as i32,
+        purpose: "grant MRA benefits at clearance".into(),
+        ..Default::default()
+    };
+    let lookup = |gw: &mut Gw, r: LookupAeoRequest| {
+        let mut gw = gw.clone();
+        async move {
+            gw.lookup_aeo(r)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| fail(format!("LookupAeo: {}", s.message())))
+        }
+    };
+    let br_key = nodes
+        .iter()
+        .find(|n| n.config.admin == "BR")
+        .ok_or_else(|| fail("no BR"))?
+        .node
+        .state
+        .identity
+        .signing
+        .verifying_key();
+    let t = std::time::Instant::now();
+    let answer = lookup(nl_gw, ask(AeoLookupMode::Mirror, &operator)).await?;
+    let took = t.elapsed();
+    let mirror = answer.mirror.ok_or_else(|| fail("no mirror answer"))?;
+    let statement = mirror
+        .statement
+        .ok_or_else(|| fail("unsigned mirror answer"))?;
+    let (header, record) =
+        crate::aeo::statement::verify_statement(&statement, &br_key).map_err(fail)?;
+    println!(
+        "   NL looks up {operator} in its mirror: {:?} (as of {}, {} µs); BR's signature over it verifies offline \
+         (batch of {}, {}-hash path), name and address withheld as the MRA says",
+        record.status(),
+        crate::agreement::format_ms(mirror.as_of_ms),
+        took.as_micros(),
+        header.leaf_count,
+        statement.path.len()
+    );
+    let suspended_at = std::time::Instant::now();
+    let update = br_gw
+        .update_aeo_operator(UpdateAeoRequest {
+            record: Some(AeoRegistryRecord {
+                operator_id: operator.clone(),
+                status: crate::proto::v1::AeoStatus::Suspended as i32,
+                ..Default::default()
+            }),
+            status_only: true,
+        })
+        .await
+        .map_err(|s| fail(format!("suspend: {}", s.message())))?
+        .into_inner();
+    println!(
+        "   BR suspends {operator} (registry version {}, ledger #{})",
+        update.version, update.ledger_index
+    );
+    mirror_at(nl_gw, update.version).await?;
+    let seen = suspended_at.elapsed();
+    let both = lookup(nl_gw, ask(AeoLookupMode::Both, &operator)).await?;
+    let status = |a: &Option<crate::proto::v1::AeoAnswer>| {
+        a.as_ref()
+            .and_then(|a| a.record.as_ref())
+            .map(|r| format!("{:?}", r.status()))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "   NL sees the suspension in its mirror {} ms later; mirror {}, online from BR {} (signed, on both ledgers){}",
+        seen.as_millis(),
+        status(&both.mirror),
+        status(&both.online),
+        if both.warning.is_empty() {
+            String::new()
+        } else {
+            format!(" — warning: {}", both.warning)
+        }
+    );
+    let unknown = lookup(nl_gw, ask(AeoLookupMode::Mirror, "BRAEOF9999999999")).await?;
+    println!(
+        "   NL looks up an unknown id: {} (nothing more is revealed)",
+        status(&unknown.mirror)
+    );
     Ok(())
 }
 

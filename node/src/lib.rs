@@ -34,6 +34,7 @@
 //! [`delivery::inbox`] → partner's `Gateway.Inbox`.
 
 pub mod aeo;
+pub mod aeo_commands;
 pub mod agreement;
 pub mod bench;
 pub mod bench_delivery;

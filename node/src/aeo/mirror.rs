@@ -244,6 +244,17 @@ impl MirrorSync {
         batch: &AeoSignedBatch,
         h: &AeoBatchHeader,
     ) -> Result<Outcome, FeedError> {
+        // An empty registry's snapshot is its end alone.
+        if self.staging.is_none() && h.sequence == 0 && h.record_count == 0 {
+            self.staging = Some(Staging {
+                snapshot_id: h.snapshot_id.clone(),
+                registry_id: h.registry_id.clone(),
+                version: h.version_to,
+                generation: store.begin_snapshot(&self.partner)?,
+                roots: Vec::new(),
+                records: 0,
+            });
+        }
         let Some(staging) = self.staging.take() else {
             return Ok(resync("snapshot end without its parts".into(), true));
         };

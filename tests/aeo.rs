@@ -145,8 +145,24 @@ async fn a_suspension_reaches_the_partner_mirror_and_lookups_are_signed() {
         record.operator_name, None,
         "the MRA does not disclose names"
     );
-    let key = fed.admin("BR").config.clone();
-    let _ = key;
+    assert_eq!(record.operator_address, None, "nor addresses");
+    // The answer carries BR's signature: a third party can check it with BR's key alone.
+    let statement = m.statement.expect("signed");
+    let (header, signed) =
+        dccf_node::aeo::statement::verify_statement(&statement, &br_key(&fed)).expect("verifies");
+    assert_eq!(
+        (header.publisher.as_str(), header.recipient.as_str()),
+        ("BR", "NL")
+    );
+    assert_eq!(signed.status, ops[3].status);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    assert!(dccf_node::aeo::statement::verify_statement(&statement, &other).is_err());
+    let mirrors = nl
+        .list_aeo_mirrors(ListAeoMirrorsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mirrors.mirrors[0].lookups, 1, "mirror lookups are counted");
     let started = Instant::now();
     let v = set_status(&mut br, &id, AeoStatus::Suspended).await;
     mirror_at(&mut nl, "BR", v).await;
@@ -171,6 +187,17 @@ async fn a_suspension_reaches_the_partner_mirror_and_lookups_are_signed() {
         EntryKind::AeoLookupMade,
     ] {
         assert!(nl_kinds.contains(&(k as i32)), "NL ledger lacks {k:?}");
+    }
+    // Ledgers hold signed headers and digests, never operator data.
+    for admin in ["NL", "BR"] {
+        for leaf in ledger_leaves(fed.node(admin)) {
+            for secret in [id.as_bytes(), ops[3].name.as_bytes(), ops[3].tin.as_bytes()] {
+                assert!(
+                    !leaf.windows(secret.len()).any(|w| w == secret),
+                    "{admin}'s ledger holds operator data"
+                );
+            }
+        }
     }
     let br_kinds: Vec<i32> = ledger_entries(fed.node("BR"))
         .iter()

@@ -28,6 +28,8 @@ pub mod mirror;
 pub mod registry;
 pub mod statement;
 pub mod store;
+#[cfg(test)]
+mod sync_tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;

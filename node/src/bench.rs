@@ -46,6 +46,11 @@ pub enum Suite {
     /// mTLS stream, raw sled and the crypto ceiling measured in the same run (see
     /// `bench_delivery`).
     Delivery(crate::bench_delivery::DeliveryArgs),
+    /// AEO mutual recognition between two node processes: full snapshot sync of a synthetic
+    /// registry, a suspension reaching the partner's mirror, mirror lookups on one core, online
+    /// signed lookups (throughput and latency at a fixed offered rate), mirror RSS (see
+    /// `bench_aeo`).
+    Aeo(crate::bench_aeo::AeoArgs),
 }
 
 /// Benchmark errors.
@@ -65,6 +70,7 @@ pub async fn run(suite: Suite) -> Result<(), BenchError> {
     match suite {
         Suite::Ledger(args) => crate::bench_ledger::run(args).await,
         Suite::Delivery(args) => crate::bench_delivery::run(args).await,
+        Suite::Aeo(args) => crate::bench_aeo::run(args).await,
         Suite::Policy { json, iterations } => {
             let r = tokio::task::spawn_blocking(move || policy(iterations))
                 .await

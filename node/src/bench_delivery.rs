@@ -659,7 +659,7 @@ async fn node_phases(
 }
 
 /// A `dccf-node serve` child process; killed if dropped without [`NodeProcess::stop`].
-struct NodeProcess {
+pub(crate) struct NodeProcess {
     admin: String,
     child: Child,
     pid: u32,
@@ -668,7 +668,11 @@ struct NodeProcess {
 impl NodeProcess {
     /// Starts `exe serve --config <data_dir>/node.toml`, stderr to `log`, and waits until both
     /// its listeners accept connections.
-    async fn spawn(exe: &Path, config: &NodeConfig, log: &Path) -> Result<NodeProcess, BenchError> {
+    pub(crate) async fn spawn(
+        exe: &Path,
+        config: &NodeConfig,
+        log: &Path,
+    ) -> Result<NodeProcess, BenchError> {
         let admin = config.admin.clone();
         let what = format!("starting {admin}'s node process");
         let log_file = std::fs::File::create(log).map_err(|e| fail(&what)(&e))?;
@@ -717,8 +721,20 @@ impl NodeProcess {
         Ok(ticks as f64 / clock_ticks_per_second())
     }
 
+    /// Current resident set size (`VmRSS`), MiB.
+    pub(crate) fn rss_mb(&self) -> Result<f64, BenchError> {
+        let path = format!("/proc/{}/status", self.pid);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| fail(&format!("reading {}'s RSS from {path}", self.admin))(&e))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .ok_or_else(|| BenchError(format!("{path}: no readable VmRSS line")))
+    }
+
     /// Peak resident set size (`VmHWM`), MiB.
-    fn peak_rss_mb(&self) -> Result<f64, BenchError> {
+    pub(crate) fn peak_rss_mb(&self) -> Result<f64, BenchError> {
         let path = format!("/proc/{}/status", self.pid);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| fail(&format!("reading {}'s peak RSS from {path}", self.admin))(&e))?;
@@ -728,7 +744,7 @@ impl NodeProcess {
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within [`STOP_TIMEOUT`].
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Ok(pid) = libc::pid_t::try_from(self.pid) {
             // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -1384,7 +1400,7 @@ async fn latency(
 }
 
 /// The `q` quantile (nearest rank) of ascending `sorted`; zero if empty.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -37,6 +37,7 @@ pub mod aeo;
 pub mod aeo_commands;
 pub mod agreement;
 pub mod bench;
+pub mod bench_aeo;
 pub mod bench_delivery;
 pub mod bench_ledger;
 pub mod checkpoints;

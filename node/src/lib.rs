@@ -21,11 +21,14 @@
 //! - [`delivery`]: the send pipeline into the durable outbox, background delivery (courier,
 //!   retries, dead letters), the receive pipeline, the durable inbox, retention sweep,
 //!   onward-transfer records, partner connections.
+//! - [`aeo`]: AEO mutual recognition: the own registry (import, updates), partner mirrors kept
+//!   current by signed snapshots and sequenced deltas, signed lookups from the mirror or online,
+//!   disclosure limited by the agreement; stored in redb (`aeo.redb`).
 //! - [`server`]: the `Exchange` (partners), `Gateway` (back office) and `Audit` (auditors)
 //!   services and their TLS.
 //! - [`state`]: what the services of a running node share.
-//! - [`cli`], [`ledger_commands`], [`outbox_commands`], [`demo`], [`bench`] (and
-//!   [`bench_ledger`], [`bench_delivery`]): the `dccf-node` commands.
+//! - [`cli`], [`ledger_commands`], [`outbox_commands`], [`aeo_commands`], [`demo`], [`bench`]
+//!   (and [`bench_ledger`], [`bench_delivery`], [`bench_aeo`]): the `dccf-node` commands.
 //! - [`proto`]: generated code for the wire contract in `proto/dccf/v1/`.
 //! - [`samples`]: synthetic customs messages for the demo, tests and benchmarks.
 //!

@@ -163,10 +163,21 @@ pub struct MirrorHit {
 /// Records of one mirror batch to store: (operator id, disclosed TIN or empty, record).
 pub type MirrorRows = Vec<(String, String, AeoMirrorRecord)>;
 
+/// Signed batch headers kept in memory for mirror lookups (a 1-million-operator snapshot in
+/// parts of 64 has ~16,000; each is ~250 bytes).
+const BATCH_CACHE: usize = 65_536;
+
 /// The AEO database.
 #[derive(Debug)]
 pub struct AeoStore {
     db: Database,
+    /// Each mirror's meta as last committed (lookups read it on every call).
+    metas: std::sync::Mutex<std::collections::HashMap<String, AeoMirrorMeta>>,
+    /// Bare signed batches by (partner, generation, batch number); batches never change once
+    /// stored, so entries are only ever dropped, never stale.
+    batches: std::sync::Mutex<
+        std::collections::HashMap<(String, u64, u64), std::sync::Arc<AeoSignedBatch>>,
+    >,
 }
 
 impl AeoStore {
@@ -185,7 +196,11 @@ impl AeoStore {
             .set_cache_size(cache_bytes)
             .create(path)
             .map_err(db_err("open"))?;
-        let store = AeoStore { db };
+        let store = AeoStore {
+            db,
+            metas: Default::default(),
+            batches: Default::default(),
+        };
         let txn = store.db.begin_write().map_err(db_err("begin"))?;
         {
             let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
@@ -525,6 +540,7 @@ impl AeoStore {
             push_journal(&mut m, &txn, entry)?;
         }
         txn.commit().map_err(db_err("commit"))?;
+        self.remember(meta.clone());
         self.drop_generations(&meta.partner, |g| g != meta.generation)
     }
 
@@ -557,12 +573,17 @@ impl AeoStore {
             push_journal(&mut m, &txn, entry)?;
         }
         txn.commit().map_err(db_err("commit"))?;
+        self.remember(AeoMirrorMeta {
+            records,
+            ..meta.clone()
+        });
         Ok(records)
     }
 
     /// Records a newer as-of time (a heartbeat). Not synced on its own: losing it to a crash
     /// only makes the mirror look older.
     pub fn touch_mirror(&self, partner: &str, as_of_ms: i64) -> Result<(), StoreError> {
+        let mut touched = None;
         let mut txn = self.db.begin_write().map_err(db_err("begin"))?;
         txn.set_durability(Durability::None)
             .map_err(db_err("durability"))?;
@@ -580,9 +601,37 @@ impl AeoStore {
                 mirrors
                     .insert(partner, meta.encode_to_vec().as_slice())
                     .map_err(db_err("write"))?;
+                touched = Some(meta);
             }
         }
-        txn.commit().map_err(db_err("commit"))
+        txn.commit().map_err(db_err("commit"))?;
+        if let Some(meta) = touched {
+            self.remember(meta);
+        }
+        Ok(())
+    }
+
+    /// Caches a committed mirror meta.
+    fn remember(&self, meta: AeoMirrorMeta) {
+        let mut metas = self.metas.lock().unwrap_or_else(|e| e.into_inner());
+        metas.insert(meta.partner.clone(), meta);
+    }
+
+    /// The mirror meta, from the cache or the database.
+    fn cached_meta(&self, partner: &str) -> Result<Option<AeoMirrorMeta>, StoreError> {
+        if let Some(m) = self
+            .metas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(partner)
+        {
+            return Ok(Some(m.clone()));
+        }
+        let meta = self.mirror_meta(partner)?;
+        if let Some(m) = &meta {
+            self.remember(m.clone());
+        }
+        Ok(meta)
     }
 
     /// Looks an operator up in `partner`'s mirror by operator id (or by TIN with `by_tin`).
@@ -592,12 +641,10 @@ impl AeoStore {
         id: &str,
         by_tin: bool,
     ) -> Result<Option<MirrorHit>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err("begin"))?;
-        let mirrors = txn.open_table(MIRRORS).map_err(db_err("open mirrors"))?;
-        let Some(meta) = mirrors.get(partner).map_err(db_err("read"))? else {
+        let Some(meta) = self.cached_meta(partner)? else {
             return Ok(None);
         };
-        let meta = AeoMirrorMeta::decode(meta.value()).map_err(corrupt("mirror meta"))?;
+        let txn = self.db.begin_read().map_err(db_err("begin"))?;
         let tables = MirrorTables::of(partner, meta.generation);
         let records = match txn.open_table(tables.records()) {
             Ok(t) => t,
@@ -625,19 +672,39 @@ impl AeoStore {
             return Ok(None);
         };
         let record = AeoMirrorRecord::decode(value.value()).map_err(corrupt("mirror record"))?;
-        let batches = txn.open_table(tables.batches()).map_err(db_err("open"))?;
-        let batch = batches
-            .get(record.batch)
-            .map_err(db_err("read"))?
-            .ok_or_else(|| StoreError::Corrupt {
-                what: "mirror",
-                detail: format!("batch {} of {partner}'s mirror is missing", record.batch),
-            })?;
-        let batch = AeoSignedBatch::decode(batch.value()).map_err(corrupt("mirror batch"))?;
+        let key = (partner.to_owned(), meta.generation, record.batch);
+        let cached = self
+            .batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let batch = match cached {
+            Some(b) => b,
+            None => {
+                let batches = txn.open_table(tables.batches()).map_err(db_err("open"))?;
+                let batch = batches
+                    .get(record.batch)
+                    .map_err(db_err("read"))?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        what: "mirror",
+                        detail: format!("batch {} of {partner}'s mirror is missing", record.batch),
+                    })?;
+                let batch = std::sync::Arc::new(
+                    AeoSignedBatch::decode(batch.value()).map_err(corrupt("mirror batch"))?,
+                );
+                let mut cache = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= BATCH_CACHE {
+                    cache.clear();
+                }
+                cache.insert(key, batch.clone());
+                batch
+            }
+        };
         Ok(Some(MirrorHit {
             meta,
             record,
-            batch,
+            batch: (*batch).clone(),
         }))
     }
 
@@ -680,6 +747,10 @@ impl AeoStore {
                     .is_some_and(&drop)
             })
             .collect();
+        self.batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, g, _), _| !(p == partner && drop(*g)));
         for name in &names {
             txn.delete_table(redb::TableDefinition::<&str, &[u8]>::new(name))
                 .or_else(|_| txn.delete_table(redb::TableDefinition::<u64, &[u8]>::new(name)))

@@ -160,8 +160,8 @@ pub async fn from_mirror(
         source: AeoAnswerSource::Mirror as i32,
         record: Some(record),
         statement: Some(AeoStatement {
-            header: hit.batch.header,
-            signature: hit.batch.signature,
+            header: hit.batch.header.clone(),
+            signature: hit.batch.signature.clone(),
             record: hit.record.record,
             leaf_index: hit.record.leaf_index,
             path: hit.record.path.chunks(32).map(<[u8]>::to_vec).collect(),

@@ -97,6 +97,7 @@ fn corrupt<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StoreE
 }
 
 /// Names of one mirror generation's tables.
+#[derive(Debug)]
 struct MirrorTables {
     records: String,
     tins: String,
@@ -112,10 +113,11 @@ impl MirrorTables {
             batches: format!("{base}.batches"),
         }
     }
-    fn records(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    // Byte keys: redb would check `&str` keys for UTF-8 on every comparison.
+    fn records(&self) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
         TableDefinition::new(&self.records)
     }
-    fn tins(&self) -> TableDefinition<'_, &'static str, &'static str> {
+    fn tins(&self) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
         TableDefinition::new(&self.tins)
     }
     fn batches(&self) -> TableDefinition<'_, u64, &'static [u8]> {
@@ -157,7 +159,7 @@ pub struct MirrorHit {
     /// The stored record.
     pub record: AeoMirrorRecord,
     /// The signed batch header it is a leaf of (no leaves).
-    pub batch: AeoSignedBatch,
+    pub batch: std::sync::Arc<AeoSignedBatch>,
 }
 
 /// Records of one mirror batch to store: (operator id, disclosed TIN or empty, record).
@@ -172,7 +174,9 @@ const BATCH_CACHE: usize = 65_536;
 pub struct AeoStore {
     db: Database,
     /// Each mirror's meta as last committed (lookups read it on every call).
-    metas: std::sync::Mutex<std::collections::HashMap<String, AeoMirrorMeta>>,
+    metas: std::sync::Mutex<
+        std::collections::HashMap<String, (AeoMirrorMeta, std::sync::Arc<MirrorTables>)>,
+    >,
     /// Bare signed batches by (partner, generation, batch number); batches never change once
     /// stored, so entries are only ever dropped, never stale.
     batches: std::sync::Mutex<
@@ -612,13 +616,18 @@ impl AeoStore {
     }
 
     /// Caches a committed mirror meta.
-    fn remember(&self, meta: AeoMirrorMeta) {
+    fn remember(&self, meta: AeoMirrorMeta) -> std::sync::Arc<MirrorTables> {
+        let tables = std::sync::Arc::new(MirrorTables::of(&meta.partner, meta.generation));
         let mut metas = self.metas.lock().unwrap_or_else(|e| e.into_inner());
-        metas.insert(meta.partner.clone(), meta);
+        metas.insert(meta.partner.clone(), (meta, tables.clone()));
+        tables
     }
 
-    /// The mirror meta, from the cache or the database.
-    fn cached_meta(&self, partner: &str) -> Result<Option<AeoMirrorMeta>, StoreError> {
+    /// The mirror meta and its table names, from the cache or the database.
+    fn cached_meta(
+        &self,
+        partner: &str,
+    ) -> Result<Option<(AeoMirrorMeta, std::sync::Arc<MirrorTables>)>, StoreError> {
         if let Some(m) = self
             .metas
             .lock()
@@ -627,11 +636,10 @@ impl AeoStore {
         {
             return Ok(Some(m.clone()));
         }
-        let meta = self.mirror_meta(partner)?;
-        if let Some(m) = &meta {
-            self.remember(m.clone());
-        }
-        Ok(meta)
+        Ok(self.mirror_meta(partner)?.map(|m| {
+            let tables = self.remember(m.clone());
+            (m, tables)
+        }))
     }
 
     /// Looks an operator up in `partner`'s mirror by operator id (or by TIN with `by_tin`).
@@ -641,11 +649,10 @@ impl AeoStore {
         id: &str,
         by_tin: bool,
     ) -> Result<Option<MirrorHit>, StoreError> {
-        let Some(meta) = self.cached_meta(partner)? else {
+        let Some((meta, tables)) = self.cached_meta(partner)? else {
             return Ok(None);
         };
         let txn = self.db.begin_read().map_err(db_err("begin"))?;
-        let tables = MirrorTables::of(partner, meta.generation);
         let records = match txn.open_table(tables.records()) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -658,9 +665,9 @@ impl AeoStore {
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
                 Err(e) => return Err(db_err("open")(e)),
             };
-            match tins.get(id).map_err(db_err("read"))? {
+            match tins.get(id.as_bytes()).map_err(db_err("read"))? {
                 Some(v) => {
-                    owned_id = v.value().to_owned();
+                    owned_id = String::from_utf8_lossy(v.value()).into_owned();
                     owned_id.as_str()
                 }
                 None => return Ok(None),
@@ -668,7 +675,7 @@ impl AeoStore {
         } else {
             id
         };
-        let Some(value) = records.get(id).map_err(db_err("read"))? else {
+        let Some(value) = records.get(id.as_bytes()).map_err(db_err("read"))? else {
             return Ok(None);
         };
         let record = AeoMirrorRecord::decode(value.value()).map_err(corrupt("mirror record"))?;
@@ -704,7 +711,7 @@ impl AeoStore {
         Ok(Some(MirrorHit {
             meta,
             record,
-            batch: (*batch).clone(),
+            batch,
         }))
     }
 
@@ -721,7 +728,7 @@ impl AeoStore {
             Err(e) => return Err(db_err("open")(e)),
         };
         let mut out = Vec::new();
-        for item in table.range::<&str>(..).map_err(db_err("read"))? {
+        for item in table.range::<&[u8]>(..).map_err(db_err("read"))? {
             let (_, v) = item.map_err(db_err("read"))?;
             out.push(AeoMirrorRecord::decode(v.value()).map_err(corrupt("mirror record"))?);
         }
@@ -810,7 +817,7 @@ fn write_rows(
         .map_err(db_err("write"))?;
     for (id, tin, record) in rows {
         let old = records
-            .insert(id.as_str(), record.encode_to_vec().as_slice())
+            .insert(id.as_bytes(), record.encode_to_vec().as_slice())
             .map_err(db_err("write"))?
             .map(|v| v.value().to_vec());
         // A TIN that moved to another operator or was withdrawn must not keep pointing here.
@@ -820,10 +827,10 @@ fn write_rows(
             && !old.tin.is_empty()
             && old.tin != *tin
         {
-            tins.remove(old.tin.as_str()).map_err(db_err("write"))?;
+            tins.remove(old.tin.as_bytes()).map_err(db_err("write"))?;
         }
         if !tin.is_empty() {
-            tins.insert(tin.as_str(), id.as_str())
+            tins.insert(tin.as_bytes(), id.as_bytes())
                 .map_err(db_err("write"))?;
         }
     }

@@ -14,6 +14,9 @@
 //!   `bench ledger` refuses a non-empty `--dir` and hides its internal child flag;
 //! - `bench delivery --json --phases unary,baselines`: two node processes and the baseline
 //!   children run, every documented key is printed, and the child flags stay hidden;
+//! - `aeo generate|import|set-status|mirrors|lookup|verify`: a generated registry imports, a bad
+//!   line is refused naming line and field with the registry unchanged, unknown operators and
+//!   statuses are named, usage errors are one line; `bench aeo --json` prints its figures;
 //! - usage errors (unknown subcommand, missing flag).
 //!
 //! Every failure must be the project standard: exactly one line on stderr starting with `error:`,
@@ -1327,4 +1330,172 @@ fn bench_delivery_json_runs_unary_and_baselines_between_two_node_processes() {
         "internal child flags must stay hidden\n{}",
         help.describe()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// aeo
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn aeo_generate_writes_a_registry_that_imports_and_bad_files_change_nothing() {
+    let node = init_node("BR");
+    let config = node.config();
+    let csv = node.path("registry.csv");
+    let run = dccf(&["aeo", "generate", "--count", "200", "--out", s(&csv)]);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(
+        run.stdout.contains("wrote 200 synthetic BR operators"),
+        "{}",
+        run.describe()
+    );
+    let text = std::fs::read_to_string(&csv).expect("registry written");
+    assert!(text.starts_with("operator_id,tin,name,"), "{text:.80}");
+    assert_eq!(text.lines().count(), 201);
+    // Same seed, same file; JSON by extension.
+    let json = node.path("registry.json");
+    let run = dccf(&["aeo", "generate", "--count", "3", "--out", s(&json)]);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(
+        std::fs::read_to_string(&json)
+            .unwrap()
+            .trim_start()
+            .starts_with('[')
+    );
+
+    // Not running: one line.
+    let run = dccf(&["aeo", "import", "--config", s(&config), s(&csv)]);
+    assert_one_line_error(&run);
+
+    let server = start_serve(&node, true);
+    let run = dccf(&["aeo", "import", "--config", s(&config), s(&csv)]);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(
+        run.stdout
+            .contains("200 records, 200 changed, registry version 200"),
+        "{}",
+        run.describe()
+    );
+    // A bad line: refused naming line and field; the registry is unchanged.
+    let bad = node.path("bad.csv");
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[57] = lines[57].replacen(",BR,", ",Brazil,", 1);
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let run = dccf(&["aeo", "import", "--config", s(&config), s(&bad)]);
+    let line = assert_one_line_error(&run);
+    assert_mentions(&line, &["line 58, field country", "registry unchanged"]);
+    let run = dccf(&["aeo", "mirrors", "--config", s(&config)]);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(
+        run.stdout
+            .contains("own registry: 200 operators, version 200"),
+        "{}",
+        run.describe()
+    );
+    // Status changes: a known operator, then unknown ones and bad statuses.
+    let id = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let run = dccf(&[
+        "aeo",
+        "set-status",
+        "--config",
+        s(&config),
+        &id,
+        "suspended",
+    ]);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(
+        run.stdout.contains("SUSPENDED (registry version 201"),
+        "{}",
+        run.describe()
+    );
+    let run = dccf(&[
+        "aeo",
+        "set-status",
+        "--config",
+        s(&config),
+        "BRAEOF9999999999",
+        "revoked",
+    ]);
+    assert_mentions(
+        &assert_one_line_error(&run),
+        &["BRAEOF9999999999 is not in the registry"],
+    );
+    let run = dccf(&["aeo", "set-status", "--config", s(&config), &id, "asleep"]);
+    assert_mentions(
+        &assert_one_line_error(&run),
+        &["expected valid, suspended or revoked"],
+    );
+    // A lookup at a partner there is no agreement with.
+    let run = dccf(&[
+        "aeo",
+        "lookup",
+        "--config",
+        s(&config),
+        "--partner",
+        "NL",
+        "NLAEOF1",
+    ]);
+    assert_mentions(&assert_one_line_error(&run), &["no mirror of NL"]);
+    assert_sigterm_exits_0(server);
+}
+
+#[test]
+fn aeo_usage_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dccf(&["aeo", "generate", "--count", "5", "--country", "brazil"]);
+    assert_mentions(&assert_one_line_error(&run), &["--country"]);
+    let run = dccf(&["aeo", "generate", "--count", "5", "--format", "xml"]);
+    assert_mentions(&assert_one_line_error(&run), &["csv or json"]);
+    let unknown = dir.path().join("registry.txt");
+    std::fs::write(&unknown, "x").unwrap();
+    let run = dccf(&["aeo", "import", "--config", "nonexistent.toml", s(&unknown)]);
+    assert_mentions(&assert_one_line_error(&run), &["--format"]);
+    let statement = dir.path().join("answer.json");
+    std::fs::write(&statement, "{\"header\": \"AAAA\"}").unwrap();
+    let key = "F3AfrUkpz+aWuJtp7FyoajUayvuTBl32cFJqDi8ZdcE=";
+    let run = dccf(&["aeo", "verify", "--key", key, s(&statement)]);
+    assert_mentions(&assert_one_line_error(&run), &["signature"]);
+    let run = dccf(&["aeo", "verify", "--key", "nonsense", s(&statement)]);
+    assert_mentions(&assert_one_line_error(&run), &["--key"]);
+}
+
+#[test]
+fn bench_aeo_json_prints_every_documented_figure() {
+    let run = spawn(&[
+        "bench",
+        "aeo",
+        "--operators",
+        "300",
+        "--duration",
+        "0.5",
+        "--rate",
+        "50",
+        "--json",
+    ])
+    .wait(Duration::from_secs(240), "bench aeo");
+    assert!(run.status.success(), "{}", run.describe());
+    let line = run.stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line).expect("one JSON object");
+    for key in [
+        "mirror_lookups_per_s",
+        "online_lookups_per_s",
+        "online_p99_ms_at_500",
+        "snapshot_sync_s_1m",
+        "mirror_rss_mb_1m",
+        "suspension_visible_ms",
+    ] {
+        let figure = v[key].as_f64();
+        assert!(
+            figure.is_some_and(|f| f > 0.0),
+            "{key}: {figure:?} in {line}"
+        );
+    }
+    let run = dccf(&["bench", "aeo", "--duration", "0", "--json"]);
+    assert_mentions(&assert_one_line_error(&run), &["--duration"]);
 }

@@ -483,3 +483,52 @@ async fn only_agreement_partners_with_an_answer_flow_may_subscribe_or_ask() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_stream_of_lookups_answers_each_in_order_and_goes_on_after_a_bad_one() {
+    let fed = mra().await;
+    let (mut br, mut nl) = (fed.gateway("BR"), fed.gateway("NL"));
+    let ops = records("BR", 30);
+    import(&mut br, "json", {
+        let mut out = Vec::new();
+        dccf_node::aeo::import::write(dccf_node::aeo::import::Format::Json, &ops, &mut out)
+            .unwrap();
+        out
+    })
+    .await
+    .expect("json import");
+    mirror_at(&mut nl, "BR", 30).await;
+    let ids = [
+        ops[0].operator_id.as_str(),
+        "BRAEOF9999999999",
+        "",
+        ops[29].operator_id.as_str(),
+    ];
+    let requests: Vec<LookupAeoRequest> = ids
+        .iter()
+        .map(|id| LookupAeoRequest {
+            partner: "BR".into(),
+            operator_id: (*id).into(),
+            query_reference: format!("ref-{id}"),
+            ..Default::default()
+        })
+        .collect();
+    let mut answers = nl
+        .lookup_aeo_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(a) = answers.message().await.unwrap() {
+        got.push(a);
+    }
+    assert_eq!(got.len(), 4);
+    for (a, id) in got.iter().zip(ids) {
+        assert_eq!(a.query_reference, format!("ref-{id}"));
+    }
+    let status = |a: &LookupAeoResponse| a.mirror.as_ref().unwrap().record.as_ref().unwrap().status;
+    assert_eq!(status(&got[0]), ops[0].status);
+    assert_eq!(status(&got[1]), AeoStatus::NotFound as i32);
+    assert!(got[2].error.contains("operator id"), "{}", got[2].error);
+    assert_eq!(status(&got[3]), ops[29].status);
+}

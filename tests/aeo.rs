@@ -532,3 +532,86 @@ async fn a_stream_of_lookups_answers_each_in_order_and_goes_on_after_a_bad_one()
     assert!(got[2].error.contains("operator id"), "{}", got[2].error);
     assert_eq!(status(&got[3]), ops[29].status);
 }
+
+#[tokio::test]
+async fn online_lookups_count_against_the_query_flow_rate_on_both_sides() {
+    let template = dccf_node::demo::MRA_AGREEMENT
+        .replace("rate_limit_per_minute = 600", "rate_limit_per_minute = 2");
+    let fed = Federation::start(&["NL", "BR"], &template, MRA, |_| {}).await;
+    let (mut br, mut nl) = (fed.gateway("BR"), fed.gateway("NL"));
+    put(&mut br, records("BR", 1).remove(0)).await;
+    let id = records("BR", 1).remove(0).operator_id;
+    for _ in 0..2 {
+        lookup(&mut nl, "BR", &id, AeoLookupMode::Online).await;
+    }
+    let e = nl
+        .lookup_aeo(LookupAeoRequest {
+            partner: "BR".into(),
+            operator_id: id.clone(),
+            mode: AeoLookupMode::Online as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("rate limit of 2 per minute"),
+        "{}",
+        e.message()
+    );
+    // BR counts on its side too: three queries at once from NL's node are refused.
+    let mut ex = fed.exchange_as("NL", "BR");
+    let queries = (0..3)
+        .map(|i| dccf_node::samples::aeo_status_query(&id, i))
+        .collect();
+    let e = ex
+        .lookup_aeo(dccf_node::proto::v1::AeoLookupRequest {
+            agreement_id: MRA.into(),
+            queries,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_partner_has_one_feed_at_a_time() {
+    // NL's node stays down (its own follower would subscribe too); its certificate asks.
+    let fed = Federation::start_except(
+        &["NL", "BR"],
+        dccf_node::demo::MRA_AGREEMENT,
+        MRA,
+        |c| c.aeo.heartbeat_secs = 1,
+        &["NL"],
+    )
+    .await;
+    let mut br = fed.gateway("BR");
+    put(&mut br, records("BR", 1).remove(0)).await;
+    let subscribe = || AeoSubscribeRequest {
+        agreement_id: MRA.into(),
+        ..Default::default()
+    };
+    let mut ex = fed.exchange_as("NL", "BR");
+    let mut first = ex.subscribe_aeo(subscribe()).await.unwrap().into_inner();
+    first.message().await.unwrap().expect("a snapshot part");
+    let mut second = ex.subscribe_aeo(subscribe()).await.unwrap().into_inner();
+    second.message().await.unwrap().expect("a snapshot part");
+    // The first feed ends (at the latest at its next heartbeat); the second goes on.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match first.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return String::new(),
+                Err(s) => return s.message().to_owned(),
+            }
+        }
+    })
+    .await
+    .expect("the superseded feed ends");
+    assert!(ended.contains("subscribed again"), "{ended}");
+    let next = tokio::time::timeout(Duration::from_secs(5), second.message()).await;
+    assert!(
+        matches!(next, Ok(Ok(Some(_)))),
+        "the newer feed goes on: {next:?}"
+    );
+}

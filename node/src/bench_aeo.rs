@@ -195,10 +195,13 @@ pub async fn measure(args: &AeoArgs) -> Result<AeoFigures, BenchError> {
         let path = work.path().to_owned();
         (Some(work), path)
     };
+    // The shipped MRA limits queries to 600 a minute per direction; the throughput phases need
+    // an agreement without that limit (same flows and disclosure otherwise).
+    let unlimited = crate::demo::MRA_AGREEMENT.replace("rate_limit_per_minute = 600\n", "");
     let prepared = crate::demo::setup(
         &root,
         &["NL", "BR"],
-        &[(crate::demo::MRA_AGREEMENT, crate::demo::MRA_AGREEMENT_FILE)],
+        &[(unlimited.as_str(), crate::demo::MRA_AGREEMENT_FILE)],
     )
     .await
     .map_err(|e| fail("setting up NL and BR")(&e))?;

@@ -325,6 +325,18 @@ impl RateLimiter {
         flow: &Flow,
         side: Side,
     ) -> Result<(), PolicyViolation> {
+        self.admit_n(agreement, flow, side, 1)
+    }
+
+    /// Takes `n` messages at once (all or none), e.g. the queries of one online AEO lookup.
+    pub fn admit_n(
+        &self,
+        agreement: &Agreement,
+        flow: &Flow,
+        side: Side,
+        n: usize,
+    ) -> Result<(), PolicyViolation> {
+        let n = n as f64;
         let Some(per_minute) = flow.rate_limit_per_minute else {
             return Ok(());
         };
@@ -345,8 +357,8 @@ impl RateLimiter {
         let refill = now.duration_since(bucket.last).as_secs_f64() * capacity / 60.0;
         bucket.tokens = (bucket.tokens + refill).min(capacity);
         bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= n {
+            bucket.tokens -= n;
             Ok(())
         } else {
             Err(PolicyViolation {

@@ -220,10 +220,18 @@ pub async fn serve(
     request: AeoSubscribeRequest,
     tx: FeedSender,
 ) {
-    if let Err(e) = run(&state, &publisher, &request, &tx).await {
+    let superseded = state.aeo.serve_feed(&publisher.partner);
+    if let Err(e) = run(&state, &publisher, &request, &tx, &superseded).await {
         tracing::warn!(partner = %publisher.partner, "AEO feed ended: {e}");
         let _ = tx.send(Err(e.to_status())).await;
     }
+}
+
+/// Set when a newer subscription of the same partner replaced this one.
+type Superseded = Arc<std::sync::atomic::AtomicBool>;
+
+fn is_superseded(flag: &Superseded) -> bool {
+    flag.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 async fn run(
@@ -231,6 +239,7 @@ async fn run(
     publisher: &Publisher,
     request: &AeoSubscribeRequest,
     tx: &FeedSender,
+    superseded: &Superseded,
 ) -> Result<(), AeoError> {
     let settings = &state.config.aeo;
     let heartbeat = Duration::from_secs(settings.heartbeat_secs);
@@ -244,10 +253,10 @@ async fn run(
     let mut version = if can_delta {
         match send_delta(state, publisher, request.version, tx).await? {
             Some(v) => v,
-            None => send_snapshot(state, publisher, tx).await?,
+            None => send_snapshot(state, publisher, tx, superseded).await?,
         }
     } else {
-        send_snapshot(state, publisher, tx).await?
+        send_snapshot(state, publisher, tx, superseded).await?
     };
     loop {
         tokio::select! {
@@ -258,6 +267,12 @@ async fn run(
             }
             _ = tokio::time::sleep(heartbeat) => {}
             _ = tx.closed() => return Ok(()),
+        }
+        if is_superseded(superseded) {
+            return Err(AeoError::Partner(format!(
+                "{} subscribed again; this feed ends",
+                publisher.partner
+            )));
         }
         if state
             .agreements()
@@ -275,7 +290,7 @@ async fn run(
         }
         version = match send_delta(state, publisher, version, tx).await? {
             Some(v) => v,
-            None => send_snapshot(state, publisher, tx).await?,
+            None => send_snapshot(state, publisher, tx, superseded).await?,
         };
     }
 }
@@ -314,11 +329,13 @@ async fn send_snapshot(
     state: &Arc<NodeState>,
     publisher: &Publisher,
     tx: &FeedSender,
+    superseded: &Superseded,
 ) -> Result<u64, AeoError> {
     let (p, store, parts) = (publisher.clone(), state.aeo.store.clone(), tx.clone());
+    let superseded = superseded.clone();
     let end = super::blocking(move || {
         p.snapshot(&store, crate::envelope::now_ms(), |batch| {
-            parts.blocking_send(Ok(batch)).is_ok()
+            !is_superseded(&superseded) && parts.blocking_send(Ok(batch)).is_ok()
         })
     })
     .await?;

@@ -215,6 +215,23 @@ pub async fn online(
     let flow = statement::answer_flow(&agreement, partner, &me)
         .ok_or_else(|| AeoError::Internal("answer flow vanished".into()))?;
     let disclosure = Disclosure::of_flow(flow);
+    // Each query counts against the agreement's query-flow rate, on our side too.
+    if let Some(query_flow) = agreement
+        .doc
+        .flows
+        .iter()
+        .find(|f| f.message_type == statement::QUERY_FLOW && f.from == me && f.to == partner)
+    {
+        state
+            .rates
+            .admit_n(
+                &agreement,
+                query_flow,
+                crate::policy::Side::Sending,
+                queries.len(),
+            )
+            .map_err(|v| AeoError::RateExceeded(v.message))?;
+    }
     let party = agreement
         .party(partner)
         .cloned()
@@ -304,9 +321,9 @@ pub async fn answer(
         .doc
         .flows
         .iter()
-        .any(|f| f.message_type == statement::QUERY_FLOW && f.from == partner && f.to == me);
-    let flow = statement::answer_flow(&agreement, &me, partner).filter(|_| asks);
-    let Some(flow) = flow else {
+        .find(|f| f.message_type == statement::QUERY_FLOW && f.from == partner && f.to == me);
+    let flow = statement::answer_flow(&agreement, &me, partner).filter(|_| asks.is_some());
+    let (Some(flow), Some(query_flow)) = (flow, asks) else {
         return Err(AeoError::NotAllowed(format!(
             "agreement {} does not let {partner} ask {me} for AEO status",
             request.agreement_id
@@ -329,6 +346,15 @@ pub async fn answer(
             q.query_reference
         )));
     }
+    state
+        .rates
+        .admit_n(
+            &agreement,
+            query_flow,
+            crate::policy::Side::Receiving,
+            request.queries.len(),
+        )
+        .map_err(|v| AeoError::RateExceeded(v.message))?;
     let disclosure = Disclosure::of_flow(flow);
     let request_digest = ring::digest::digest(&ring::digest::SHA256, &request.encode_to_vec());
     let header = AeoBatchHeader {

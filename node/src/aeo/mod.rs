@@ -55,6 +55,9 @@ pub enum AeoError {
     /// No agreement in force allows this.
     #[error("{0}")]
     NotAllowed(String),
+    /// The agreement's rate limit for the flow is used up.
+    #[error("{0}")]
+    RateExceeded(String),
     /// The partner could not be asked or answered wrongly.
     #[error("{0}")]
     Partner(String),
@@ -77,6 +80,7 @@ impl AeoError {
                 tonic::Status::invalid_argument(self.to_string())
             }
             AeoError::NotAllowed(_) => tonic::Status::permission_denied(self.to_string()),
+            AeoError::RateExceeded(_) => tonic::Status::resource_exhausted(self.to_string()),
             AeoError::Partner(_) => tonic::Status::unavailable(self.to_string()),
             _ => tonic::Status::internal(self.to_string()),
         }
@@ -118,6 +122,9 @@ pub struct Aeo {
     pub feeds: Mutex<HashMap<String, FeedStatus>>,
     /// Serialises journal flushes.
     pub journal_lock: tokio::sync::Mutex<()>,
+    /// The feed this node serves each partner: a new subscription supersedes the previous one
+    /// (so a partner cannot make this node run many snapshots at once).
+    pub serving: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 impl Aeo {
@@ -130,6 +137,7 @@ impl Aeo {
             version: tokio::sync::watch::channel(version).0,
             feeds: Mutex::new(HashMap::new()),
             journal_lock: tokio::sync::Mutex::new(()),
+            serving: Mutex::new(HashMap::new()),
         })
     }
 
@@ -137,6 +145,17 @@ impl Aeo {
     pub fn feed_status(&self, partner: &str, f: impl FnOnce(&mut FeedStatus)) {
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         f(feeds.entry(partner.to_owned()).or_default());
+    }
+
+    /// Registers a new feed served to `partner`, superseding any previous one; the returned flag
+    /// turns true when this feed is superseded in turn.
+    pub fn serve_feed(&self, partner: &str) -> Arc<std::sync::atomic::AtomicBool> {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = serving.insert(partner.to_owned(), flag.clone()) {
+            old.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        flag
     }
 
     /// A copy of `partner`'s feed status.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dccf_node::proto::v1::gateway_client::GatewayClient;
 use dccf_node::proto::v1::{
-    AeoRegistryRecord, EntryKind, ImportAeoRequest, ListAeoMirrorsRequest, ListAeoMirrorsResponse,
+    AeoRegistryRecord, EntryKind, ListAeoMirrorsRequest, ListAeoMirrorsResponse,
 };
 use dccf_tests::*;
 use tonic::transport::Channel;
@@ -34,14 +34,7 @@ fn csv(country: &str, n: u64, seed: u64) -> Vec<u8> {
 }
 
 async fn import(mut gw: GatewayClient<Channel>, data: Vec<u8>) -> Result<u64, tonic::Status> {
-    let chunks: Vec<ImportAeoRequest> = data
-        .chunks(1 << 20)
-        .enumerate()
-        .map(|(i, c)| ImportAeoRequest {
-            format: if i == 0 { "csv".into() } else { String::new() },
-            data: c.to_vec(),
-        })
-        .collect();
+    let chunks = dccf_node::aeo::import::requests(dccf_node::aeo::import::Format::Csv, &data);
     Ok(gw
         .import_aeo_registry(tokio_stream::iter(chunks))
         .await?

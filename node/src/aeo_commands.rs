@@ -12,12 +12,9 @@ use crate::aeo::import::Format;
 use crate::cli::{CliError, gateway_client};
 use crate::proto::v1::{
     AeoAnswer, AeoAnswerSource, AeoLookupMode, AeoRegistryRecord, AeoStatement, AeoStatus,
-    AeoStatusResponse, ImportAeoRequest, ListAeoMirrorsRequest, LookupAeoRequest,
-    LookupAeoResponse, OperatorIdentifierKind, UpdateAeoRequest,
+    AeoStatusResponse, ListAeoMirrorsRequest, LookupAeoRequest, LookupAeoResponse,
+    OperatorIdentifierKind, UpdateAeoRequest,
 };
-
-/// Import chunk size (well under the Gateway's message limit).
-const CHUNK: usize = 1024 * 1024;
 
 /// `dccf-node aeo` subcommands.
 #[derive(Debug, Subcommand)]
@@ -217,25 +214,7 @@ async fn import(config: &Path, format: Option<&str>, file: &Path) -> Result<Stri
     let format = format_of(format, file)?;
     let bytes = std::fs::read(file).map_err(|e| err(format!("{}: {e}", file.display())))?;
     let mut client = gateway_client(config).await?;
-    let chunks: Vec<ImportAeoRequest> = if bytes.is_empty() {
-        vec![ImportAeoRequest {
-            format: format.name().into(),
-            data: Vec::new(),
-        }]
-    } else {
-        bytes
-            .chunks(CHUNK)
-            .enumerate()
-            .map(|(i, c)| ImportAeoRequest {
-                format: if i == 0 {
-                    format.name().into()
-                } else {
-                    String::new()
-                },
-                data: c.to_vec(),
-            })
-            .collect()
-    };
+    let chunks = crate::aeo::import::requests(format, &bytes);
     let r = client
         .import_aeo_registry(tokio_stream::iter(chunks))
         .await
@@ -569,4 +548,56 @@ fn verify(key: &str, file: &Path) -> Result<String, CliError> {
         header.agreement_id,
         header.recipient
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::v1::{AeoBatchHeader, AeoBatchKind};
+    use ed25519_dalek::SigningKey;
+
+    /// A statement as `lookup --json` prints it, for the operator at `index` of a signed batch.
+    fn printed(key: &SigningKey, index: usize) -> serde_json::Value {
+        let leaves = (0..5)
+            .map(|i| {
+                prost::Message::encode_to_vec(&AeoStatusResponse {
+                    operator_identifier: format!("BRAEOF{i:010}"),
+                    status: AeoStatus::Suspended as i32,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let header = AeoBatchHeader {
+            publisher: "BR".into(),
+            recipient: "NL".into(),
+            kind: AeoBatchKind::Delta as i32,
+            ..Default::default()
+        };
+        let batch = crate::aeo::statement::sign(header, leaves, key);
+        let (_, paths) = crate::aeo::statement::verify_batch(&batch, &key.verifying_key()).unwrap();
+        let s = crate::aeo::statement::statement(&batch, index, &paths[index]).unwrap();
+        serde_json::json!({ "partner": "BR", "mirror": { "statement": statement_json(&s) } })
+    }
+
+    #[test]
+    fn verify_checks_a_printed_statement_and_refuses_a_changed_one() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let public = B64.encode(key.verifying_key().as_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("answer.json");
+        std::fs::write(&file, printed(&key, 3).to_string()).unwrap();
+        let out = verify(&public, &file).unwrap();
+        assert!(
+            out.contains("BR states that operator BRAEOF0000000003 was SUSPENDED"),
+            "{out}"
+        );
+        let mut changed = printed(&key, 3);
+        changed["mirror"]["statement"]["leaf_index"] = serde_json::json!(2);
+        std::fs::write(&file, changed.to_string()).unwrap();
+        assert!(verify(&public, &file).is_err());
+        let other = B64.encode(SigningKey::from_bytes(&[4; 32]).verifying_key().as_bytes());
+        std::fs::write(&file, printed(&key, 1).to_string()).unwrap();
+        let e = verify(&other, &file).unwrap_err();
+        assert!(format!("{e:?}").contains("NOT VERIFIED"), "{e:?}");
+    }
 }

@@ -29,8 +29,8 @@ use crate::bench_delivery::{NodeProcess, percentile};
 use crate::config::NodeConfig;
 use crate::proto::v1::gateway_client::GatewayClient;
 use crate::proto::v1::{
-    AeoLookupMode, AeoRegistryRecord, AeoStatus, ImportAeoRequest, ListAeoMirrorsRequest,
-    LookupAeoRequest, UpdateAeoRequest,
+    AeoLookupMode, AeoRegistryRecord, AeoStatus, ListAeoMirrorsRequest, LookupAeoRequest,
+    UpdateAeoRequest,
 };
 
 type Gw = GatewayClient<tonic::transport::Channel>;
@@ -267,14 +267,7 @@ async fn import(gw: &mut Gw, n: u64, r: &mut AeoFigures) -> Result<u64, BenchErr
         .map_err(|e| fail("writing the registry CSV")(&e))?;
     drop(records);
     r.import_file_mb = csv.len() as f64 / 1e6;
-    let chunks: Vec<ImportAeoRequest> = csv
-        .chunks(1 << 20)
-        .enumerate()
-        .map(|(i, c)| ImportAeoRequest {
-            format: if i == 0 { "csv".into() } else { String::new() },
-            data: c.to_vec(),
-        })
-        .collect();
+    let chunks = crate::aeo::import::requests(crate::aeo::import::Format::Csv, &csv);
     drop(csv);
     let started = Instant::now();
     let response = gw

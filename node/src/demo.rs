@@ -514,8 +514,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
 /// looks an operator up (mirror and online, signed); BR suspends it; NL sees it moments later.
 async fn aeo_mirror(nodes: &[DemoNode], nl_gw: &mut Gw, br_gw: &mut Gw) -> Result<(), DemoError> {
     use crate::proto::v1::{
-        AeoLookupMode, AeoRegistryRecord, ImportAeoRequest, ListAeoMirrorsRequest,
-        LookupAeoRequest, UpdateAeoRequest,
+        AeoLookupMode, AeoRegistryRecord, ListAeoMirrorsRequest, LookupAeoRequest, UpdateAeoRequest,
     };
     const OPERATORS: u64 = 10_000;
     println!("\n6. AEO mutual recognition under {MRA_ID}: BR's registry mirrored at NL");
@@ -525,10 +524,10 @@ async fn aeo_mirror(nodes: &[DemoNode], nl_gw: &mut Gw, br_gw: &mut Gw) -> Resul
     crate::aeo::import::write(crate::aeo::import::Format::Csv, &records, &mut csv).map_err(fail)?;
     let started = std::time::Instant::now();
     let imported = br_gw
-        .import_aeo_registry(tokio_stream::iter(vec![ImportAeoRequest {
-            format: "csv".into(),
-            data: csv,
-        }]))
+        .import_aeo_registry(tokio_stream::iter(crate::aeo::import::requests(
+            crate::aeo::import::Format::Csv,
+            &csv,
+        )))
         .await
         .map_err(|s| fail(format!("AEO import: {}", s.message())))?
         .into_inner();

@@ -189,6 +189,23 @@ pub fn write(
     }
 }
 
+/// Import requests carrying `data` in chunks of at most 1 MiB (well under the Gateway's message
+/// limit), the format named on the first.
+pub fn requests(format: Format, data: &[u8]) -> Vec<crate::proto::v1::ImportAeoRequest> {
+    let mut chunks: Vec<crate::proto::v1::ImportAeoRequest> = data
+        .chunks(1 << 20)
+        .map(|c| crate::proto::v1::ImportAeoRequest {
+            format: String::new(),
+            data: c.to_vec(),
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(Default::default());
+    }
+    chunks[0].format = format.name().to_owned();
+    chunks
+}
+
 // ---- rows -------------------------------------------------------------------------------------
 
 /// One record's cells by column, with its line.

@@ -186,6 +186,18 @@ impl MirrorSync {
         Ok(rows)
     }
 
+    /// A new snapshot, staged in a fresh generation.
+    fn start_staging(&self, store: &AeoStore, h: &AeoBatchHeader) -> Result<Staging, FeedError> {
+        Ok(Staging {
+            snapshot_id: h.snapshot_id.clone(),
+            registry_id: h.registry_id.clone(),
+            version: h.version_to,
+            generation: store.begin_snapshot(&self.partner)?,
+            roots: Vec::new(),
+            records: 0,
+        })
+    }
+
     fn snapshot_part(
         &mut self,
         store: &AeoStore,
@@ -205,14 +217,7 @@ impl MirrorSync {
                     true,
                 ));
             }
-            self.staging = Some(Staging {
-                snapshot_id: h.snapshot_id.clone(),
-                registry_id: h.registry_id.clone(),
-                version: h.version_to,
-                generation: store.begin_snapshot(&self.partner)?,
-                roots: Vec::new(),
-                records: 0,
-            });
+            self.staging = Some(self.start_staging(store, h)?);
         }
         let rows = self.rows(batch, paths, h.sequence)?;
         let Some(staging) = self.staging.as_mut() else {
@@ -246,14 +251,7 @@ impl MirrorSync {
     ) -> Result<Outcome, FeedError> {
         // An empty registry's snapshot is its end alone.
         if self.staging.is_none() && h.sequence == 0 && h.record_count == 0 {
-            self.staging = Some(Staging {
-                snapshot_id: h.snapshot_id.clone(),
-                registry_id: h.registry_id.clone(),
-                version: h.version_to,
-                generation: store.begin_snapshot(&self.partner)?,
-                roots: Vec::new(),
-                records: 0,
-            });
+            self.staging = Some(self.start_staging(store, h)?);
         }
         let Some(staging) = self.staging.take() else {
             return Ok(resync("snapshot end without its parts".into(), true));

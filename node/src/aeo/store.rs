@@ -240,12 +240,22 @@ impl AeoStore {
 
     /// One operator of the own registry, by operator id.
     pub fn registry_get(&self, id: &str) -> Result<Option<AeoRegistryRecord>, StoreError> {
+        self.get_decoded(REGISTRY, id, "registry record")
+    }
+
+    /// The record under `key` in `table`, decoded.
+    fn get_decoded<M: Message + Default>(
+        &self,
+        table: TableDefinition<'_, &'static str, &'static [u8]>,
+        key: &str,
+        what: &'static str,
+    ) -> Result<Option<M>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err("begin"))?;
-        let table = txn.open_table(REGISTRY).map_err(db_err("open registry"))?;
+        let table = txn.open_table(table).map_err(db_err("open"))?;
         table
-            .get(id)
+            .get(key)
             .map_err(db_err("read"))?
-            .map(|v| AeoRegistryRecord::decode(v.value()).map_err(corrupt("registry record")))
+            .map(|v| M::decode(v.value()).map_err(corrupt(what)))
             .transpose()
     }
 
@@ -460,13 +470,7 @@ impl AeoStore {
 
     /// The mirror of `partner`, if there is one.
     pub fn mirror_meta(&self, partner: &str) -> Result<Option<AeoMirrorMeta>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err("begin"))?;
-        let table = txn.open_table(MIRRORS).map_err(db_err("open mirrors"))?;
-        table
-            .get(partner)
-            .map_err(db_err("read"))?
-            .map(|v| AeoMirrorMeta::decode(v.value()).map_err(corrupt("mirror meta")))
-            .transpose()
+        self.get_decoded(MIRRORS, partner, "mirror meta")
     }
 
     /// Every mirror.

@@ -72,7 +72,7 @@ async fn wait_mirror(gw: &mut GatewayClient<Channel>, version: u64, records: u64
 
 /// Registry-change entries of `node`'s ledger: (version_from, version_to) each.
 fn registry_changes(node: &dccf_node::server::RunningNode) -> Vec<(u64, u64)> {
-    ledger_entries(node)
+    aeo_entries(node)
         .iter()
         .filter(|e| e.kind == EntryKind::AeoRegistryChanged as i32)
         .filter_map(|e| e.aeo.as_ref().map(|a| (a.version_from, a.version_to)))
@@ -155,10 +155,18 @@ async fn sigkill_during_import_and_during_a_snapshot_loses_nothing_and_half_appl
     fed.start_node("NL").await;
     let records = mirrors(&mut fed.gateway("BR")).await.registry_records;
     wait_mirror(&mut fed.gateway("NL"), version, records, &log).await;
-    let received = ledger_entries(fed.node("NL"))
-        .iter()
-        .filter(|e| e.kind == EntryKind::AeoSnapshotReceived as i32)
-        .count();
+    // The mirror is visible once redb commits; its ledger entry follows from the journal.
+    let installed = || {
+        aeo_entries(fed.node("NL"))
+            .iter()
+            .filter(|e| e.kind == EntryKind::AeoSnapshotReceived as i32)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while installed() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received = installed();
     assert_eq!(
         received, 1,
         "one installed snapshot, whether or not the kill hit it"

@@ -438,13 +438,28 @@ fn is_agreement_entry(e: &LedgerEntry) -> bool {
     )
 }
 
+/// AEO feed and lookup entries (kinds 16 to 23), which nodes under an agreement with AEO flows
+/// record in the background as their mirror feeds start.
+fn is_aeo_entry(e: &LedgerEntry) -> bool {
+    (EntryKind::AeoRegistryChanged as i32..=EntryKind::AeoFeedRejected as i32).contains(&e.kind)
+}
+
 /// The ledger's message decisions (sent, received, rejected, receipts), without the agreement
-/// lifecycle entries every node also records.
+/// lifecycle entries every node also records and without AEO entries.
 pub fn ledger_entries(node: &RunningNode) -> Vec<LedgerEntry> {
     all_ledger_entries(node)
         .into_iter()
         .map(|(_, e)| e)
-        .filter(|e| !is_agreement_entry(e))
+        .filter(|e| !is_agreement_entry(e) && !is_aeo_entry(e))
+        .collect()
+}
+
+/// The ledger's AEO entries (registry changes, snapshots, deltas, lookups, refused batches).
+pub fn aeo_entries(node: &RunningNode) -> Vec<LedgerEntry> {
+    all_ledger_entries(node)
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(is_aeo_entry)
         .collect()
 }
 

@@ -244,6 +244,18 @@ async fn run(
     let settings = &state.config.aeo;
     let heartbeat = Duration::from_secs(settings.heartbeat_secs);
     let mut versions = state.aeo.version.subscribe();
+    // An administration that has not imported a registry has nothing to mirror: the feed stays
+    // silent (no snapshot, no ledger entry) until its first change.
+    while *versions.borrow_and_update() == 0 {
+        tokio::select! {
+            changed = versions.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tx.closed() => return Ok(()),
+        }
+    }
     let info = state.aeo.store.registry_info()?;
     // Deltas only to a mirror of this very registry, filled under this agreement version.
     let can_delta = !request.snapshot

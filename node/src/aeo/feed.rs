@@ -244,12 +244,19 @@ async fn run(
     let settings = &state.config.aeo;
     let heartbeat = Duration::from_secs(settings.heartbeat_secs);
     let mut versions = state.aeo.version.subscribe();
-    // An administration that has not imported a registry has nothing to mirror: the feed stays
-    // silent (no snapshot, no ledger entry) until its first change.
+    // An administration that has not imported a registry has nothing to mirror: until its first
+    // change the feed sends only heartbeats at version 0 (no snapshot, no ledger entry).
     while *versions.borrow_and_update() == 0 {
         tokio::select! {
             changed = versions.changed() => {
                 if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(heartbeat) => {
+                let id = state.aeo.store.registry_info()?.registry_id;
+                let beat = publisher.heartbeat(&id, 0, crate::envelope::now_ms());
+                if tx.send(Ok(beat)).await.is_err() {
                     return Ok(());
                 }
             }

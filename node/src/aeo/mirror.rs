@@ -350,6 +350,10 @@ impl MirrorSync {
 
     fn heartbeat(&mut self, store: &AeoStore, h: &AeoBatchHeader) -> Result<Outcome, FeedError> {
         let Some(meta) = self.live(store)? else {
+            // The partner has no registry yet: nothing to mirror, nothing missed.
+            if h.version_to == 0 {
+                return Ok(Outcome::Current);
+            }
             return Ok(resync(
                 "a heartbeat arrived before any snapshot".into(),
                 true,

@@ -533,3 +533,19 @@ fn a_snapshot_staged_when_the_node_died_is_dropped_at_open() {
     }
     assert_eq!(w.mirror(), w.disclosed());
 }
+
+#[test]
+fn a_publisher_without_a_registry_is_current_at_version_zero() {
+    let mut w = world(Disclosure::default(), Disclosure::default());
+    let hb = w.heartbeat();
+    assert_eq!(
+        w.sync.accept(&w.mirror_store, &hb).unwrap(),
+        Outcome::Current
+    );
+    assert!(w.mirror_store.mirror_meta("BR").unwrap().is_none());
+    // Its first change comes as a snapshot after a resync.
+    w.write(&[record(1, AeoStatus::Valid, 0)]);
+    let hb = w.heartbeat();
+    w.feed(&hb).unwrap();
+    assert_eq!(w.mirror(), w.disclosed());
+}

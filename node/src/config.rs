@@ -88,6 +88,8 @@ pub struct AeoSettings {
     pub max_import_mib: u64,
     /// First reconnect delay of a mirror feed, milliseconds (doubles up to 30 s).
     pub reconnect_initial_ms: u64,
+    /// Most operators a partner's mirror may hold; a larger snapshot or delta is refused.
+    pub max_mirror_records: u64,
 }
 
 impl Default for AeoSettings {
@@ -100,6 +102,7 @@ impl Default for AeoSettings {
             max_lookup_batch: 1000,
             max_import_mib: 512,
             reconnect_initial_ms: 500,
+            max_mirror_records: 20_000_000,
         }
     }
 }
@@ -350,6 +353,11 @@ impl NodeConfig {
                 self.aeo.reconnect_initial_ms,
                 1..=60_000,
             ),
+            (
+                "aeo.max_mirror_records",
+                self.aeo.max_mirror_records,
+                1..=1_000_000_000,
+            ),
         ] {
             if !range.contains(&v) {
                 return Err(invalid(
@@ -472,7 +480,10 @@ max_lookup_batch = {aeo_max_lookup_batch}
 max_import_mib = {aeo_max_import_mib}
 # First reconnect delay of a mirror feed, milliseconds (doubles up to 30 s).
 reconnect_initial_ms = {aeo_reconnect_initial_ms}
+# Most operators a partner's mirror may hold; larger snapshots and deltas are refused.
+max_mirror_records = {aeo_max_mirror_records}
 "#,
+            aeo_max_mirror_records = self.aeo.max_mirror_records,
             aeo_cache_mib = self.aeo.cache_mib,
             aeo_heartbeat_secs = self.aeo.heartbeat_secs,
             aeo_snapshot_part = self.aeo.snapshot_part,

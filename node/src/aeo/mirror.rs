@@ -81,6 +81,7 @@ pub struct MirrorSync {
     key: VerifyingKey,
     disclosure: Disclosure,
     staging: Option<Staging>,
+    max_records: u64,
 }
 
 impl MirrorSync {
@@ -101,7 +102,25 @@ impl MirrorSync {
             key,
             disclosure,
             staging: None,
+            max_records: u64::MAX,
         }
+    }
+
+    /// Refuses snapshots and deltas that would make the mirror larger than `max` operators (a
+    /// partner cannot fill this node's disk).
+    pub fn with_max_records(mut self, max: u64) -> MirrorSync {
+        self.max_records = max;
+        self
+    }
+
+    fn check_size(&self, records: u64) -> Result<(), FeedError> {
+        if records > self.max_records {
+            return Err(FeedError::Rejected(format!(
+                "the mirror would hold {records} operators, more than aeo.max_mirror_records ({})",
+                self.max_records
+            )));
+        }
+        Ok(())
     }
 
     /// Checks `batch` and applies it to the mirror in `store` if it is next in sequence.
@@ -220,6 +239,11 @@ impl MirrorSync {
             self.staging = Some(self.start_staging(store, h)?);
         }
         let rows = self.rows(batch, paths, h.sequence)?;
+        let staged = self.staging.as_ref().map_or(0, |s| s.records);
+        if let Err(e) = self.check_size(staged + rows.len() as u64) {
+            self.staging = None;
+            return Err(e);
+        }
         let Some(staging) = self.staging.as_mut() else {
             return Ok(resync("no snapshot in progress".into(), true));
         };
@@ -331,6 +355,8 @@ impl MirrorSync {
             ));
         }
         let rows = self.rows(batch, paths, meta.next_batch)?;
+        // An upper bound: changed operators may already be in the mirror.
+        self.check_size(meta.records + rows.len() as u64)?;
         let next = AeoMirrorMeta {
             version: h.version_to,
             as_of_ms: h.created_at_ms.max(meta.as_of_ms),
@@ -525,14 +551,17 @@ async fn follow_once(
         f.last_error.clear();
     });
     let idle = Duration::from_secs(state.config.aeo.heartbeat_secs * 3 + 10);
-    let mut sync = Some(MirrorSync::new(
-        &me,
-        partner,
-        agreement.id(),
-        &agreement.digest,
-        party.verifying_key,
-        disclosure,
-    ));
+    let mut sync = Some(
+        MirrorSync::new(
+            &me,
+            partner,
+            agreement.id(),
+            &agreement.digest,
+            party.verifying_key,
+            disclosure,
+        )
+        .with_max_records(state.config.aeo.max_mirror_records),
+    );
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(idle, stream.message()) => next,

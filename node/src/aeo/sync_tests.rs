@@ -549,3 +549,43 @@ fn a_publisher_without_a_registry_is_current_at_version_zero() {
     w.feed(&hb).unwrap();
     assert_eq!(w.mirror(), w.disclosed());
 }
+
+#[test]
+fn a_partner_cannot_grow_the_mirror_past_its_bound() {
+    let mut w = world(Disclosure::default(), Disclosure::default());
+    w.sync = MirrorSync::new(
+        "NL",
+        "BR",
+        "mra",
+        &DIGEST,
+        w.publisher.key.verifying_key(),
+        Disclosure::default(),
+    )
+    .with_max_records(6);
+    w.write(
+        &(0..5)
+            .map(|i| record(i, AeoStatus::Valid, 0))
+            .collect::<Vec<_>>(),
+    );
+    for b in w.snapshot() {
+        w.feed(&b).unwrap();
+    }
+    let v = w.mirror_version();
+    w.write(
+        &(5..8)
+            .map(|i| record(i, AeoStatus::Valid, 0))
+            .collect::<Vec<_>>(),
+    );
+    let delta = w.delta(v).unwrap();
+    assert!(
+        matches!(w.feed(&delta), Err(FeedError::Rejected(m)) if m.contains("max_mirror_records"))
+    );
+    assert_eq!(w.mirror_version(), v, "nothing applied");
+    let parts = w.snapshot();
+    let refused = parts
+        .iter()
+        .map(|p| w.sync.accept(&w.mirror_store, p))
+        .find(Result::is_err);
+    assert!(matches!(refused, Some(Err(FeedError::Rejected(_)))));
+    assert_eq!(w.mirror().len(), 5, "the live mirror stays");
+}

@@ -137,6 +137,24 @@ async fn lookup(
     .into_inner()
 }
 
+async fn lookup_by_tin(
+    gw: &mut GatewayClient<Channel>,
+    partner: &str,
+    tin: &str,
+    mode: AeoLookupMode,
+) -> LookupAeoResponse {
+    gw.lookup_aeo(LookupAeoRequest {
+        partner: partner.into(),
+        operator_id: tin.into(),
+        identifier_kind: OperatorIdentifierKind::Tin as i32,
+        mode: mode as i32,
+        ..Default::default()
+    })
+    .await
+    .expect("lookup by TIN")
+    .into_inner()
+}
+
 #[tokio::test]
 async fn a_suspension_reaches_the_partner_mirror_and_lookups_are_signed() {
     let fed = mra().await;
@@ -333,17 +351,7 @@ async fn disclosure_follows_the_agreement_flow() {
     mirror_at(&mut nl, "BR", 10).await;
     mirror_at(&mut br, "NL", 10).await;
     // BR -> NL discloses name, city and TIN (lookups by TIN work) but not the street.
-    let answer = nl
-        .lookup_aeo(LookupAeoRequest {
-            partner: "BR".into(),
-            operator_id: ops[2].tin.clone(),
-            identifier_kind: OperatorIdentifierKind::Tin as i32,
-            mode: AeoLookupMode::Both as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = lookup_by_tin(&mut nl, "BR", &ops[2].tin, AeoLookupMode::Both).await;
     for a in [answer.mirror.unwrap(), answer.online.unwrap()] {
         let r = a.record.unwrap();
         assert_eq!(r.operator_name.as_deref(), Some(ops[2].name.as_str()));
@@ -361,17 +369,7 @@ async fn disclosure_follows_the_agreement_flow() {
         assert_eq!(r.operator_address, None);
         assert!(r.tin.is_empty());
     }
-    let by_tin = br
-        .lookup_aeo(LookupAeoRequest {
-            partner: "NL".into(),
-            operator_id: nl_ops[1].tin.clone(),
-            identifier_kind: OperatorIdentifierKind::Tin as i32,
-            mode: AeoLookupMode::Mirror as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let by_tin = lookup_by_tin(&mut br, "NL", &nl_ops[1].tin, AeoLookupMode::Mirror).await;
     assert_eq!(
         by_tin.mirror.unwrap().record.unwrap().status,
         AeoStatus::NotFound as i32,

@@ -199,12 +199,7 @@ pub async fn online(
     let now = crate::envelope::now_ms();
     let set = state.agreements();
     let agreement = super::mirror_agreement(&set, &me, partner, now)
-        .filter(|a| {
-            a.doc
-                .flows
-                .iter()
-                .any(|f| f.message_type == statement::QUERY_FLOW && f.from == me && f.to == partner)
-        })
+        .filter(|a| statement::query_flow(a, &me, partner).is_some())
         .ok_or_else(|| {
             AeoError::NotAllowed(format!(
                 "no agreement in force lets {me} ask {partner} for AEO status ({} flow {me} -> {partner} and {} flow {partner} -> {me})",
@@ -212,26 +207,23 @@ pub async fn online(
                 statement::ANSWER_FLOW
             ))
         })?;
-    let flow = statement::answer_flow(&agreement, partner, &me)
-        .ok_or_else(|| AeoError::Internal("answer flow vanished".into()))?;
+    let (Some(flow), Some(query_flow)) = (
+        statement::answer_flow(&agreement, partner, &me),
+        statement::query_flow(&agreement, &me, partner),
+    ) else {
+        return Err(AeoError::Internal("AEO flows vanished".into()));
+    };
     let disclosure = Disclosure::of_flow(flow);
     // Each query counts against the agreement's query-flow rate, on our side too.
-    if let Some(query_flow) = agreement
-        .doc
-        .flows
-        .iter()
-        .find(|f| f.message_type == statement::QUERY_FLOW && f.from == me && f.to == partner)
-    {
-        state
-            .rates
-            .admit_n(
-                &agreement,
-                query_flow,
-                crate::policy::Side::Sending,
-                queries.len(),
-            )
-            .map_err(|v| AeoError::RateExceeded(v.message))?;
-    }
+    state
+        .rates
+        .admit_n(
+            &agreement,
+            query_flow,
+            crate::policy::Side::Sending,
+            queries.len(),
+        )
+        .map_err(|v| AeoError::RateExceeded(v.message))?;
     let party = agreement
         .party(partner)
         .cloned()
@@ -317,13 +309,10 @@ pub async fn answer(
         .active(&request.agreement_id, now)
         .map_err(|e| AeoError::NotAllowed(e.to_string()))?
         .clone();
-    let asks = agreement
-        .doc
-        .flows
-        .iter()
-        .find(|f| f.message_type == statement::QUERY_FLOW && f.from == partner && f.to == me);
-    let flow = statement::answer_flow(&agreement, &me, partner).filter(|_| asks.is_some());
-    let (Some(flow), Some(query_flow)) = (flow, asks) else {
+    let (Some(flow), Some(query_flow)) = (
+        statement::answer_flow(&agreement, &me, partner),
+        statement::query_flow(&agreement, partner, &me),
+    ) else {
         return Err(AeoError::NotAllowed(format!(
             "agreement {} does not let {partner} ask {me} for AEO status",
             request.agreement_id

@@ -170,6 +170,16 @@ pub fn answer_flow<'a>(
         .find(|f| f.message_type == ANSWER_FLOW && f.from == publisher && f.to == partner)
 }
 
+/// The query flow `asker → publisher` of `agreement`, if it has one (online lookups travel on
+/// it and count against its rate).
+pub fn query_flow<'a>(agreement: &'a Agreement, asker: &str, publisher: &str) -> Option<&'a Flow> {
+    agreement
+        .doc
+        .flows
+        .iter()
+        .find(|f| f.message_type == QUERY_FLOW && f.from == asker && f.to == publisher)
+}
+
 /// A NOT_FOUND answer: only the echoed identifier, the status and the time (nothing that tells
 /// whether the identifier exists in another form).
 pub fn not_found(identifier: &str, kind: i32, as_of_ms: i64) -> AeoStatusResponse {

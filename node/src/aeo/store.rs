@@ -529,23 +529,13 @@ impl AeoStore {
             let tables = MirrorTables::of(&meta.partner, meta.generation);
             // The SNAPSHOT_END batch is kept too, as evidence of the whole snapshot.
             let mut batches = txn.open_table(tables.batches()).map_err(db_err("open"))?;
-            let bare = AeoSignedBatch {
-                header: end_batch.header.clone(),
-                signature: end_batch.signature.clone(),
-                leaves: Vec::new(),
-            };
             batches
                 .insert(
                     meta.next_batch.saturating_sub(1),
-                    bare.encode_to_vec().as_slice(),
+                    bare(end_batch).encode_to_vec().as_slice(),
                 )
                 .map_err(db_err("write"))?;
-            let mut mirrors = txn.open_table(MIRRORS).map_err(db_err("open mirrors"))?;
-            mirrors
-                .insert(meta.partner.as_str(), meta.encode_to_vec().as_slice())
-                .map_err(db_err("write"))?;
-            let mut m = txn.open_table(META).map_err(db_err("open meta"))?;
-            push_journal(&mut m, &txn, entry)?;
+            put_meta(&txn, meta, entry)?;
         }
         txn.commit().map_err(db_err("commit"))?;
         self.remember(meta.clone());
@@ -571,14 +561,11 @@ impl AeoStore {
                 .map_err(db_err("open"))?
                 .len()
                 .map_err(db_err("count"))?;
-            let mut meta = meta.clone();
-            meta.records = records;
-            let mut mirrors = txn.open_table(MIRRORS).map_err(db_err("open mirrors"))?;
-            mirrors
-                .insert(meta.partner.as_str(), meta.encode_to_vec().as_slice())
-                .map_err(db_err("write"))?;
-            let mut m = txn.open_table(META).map_err(db_err("open meta"))?;
-            push_journal(&mut m, &txn, entry)?;
+            let meta = AeoMirrorMeta {
+                records,
+                ..meta.clone()
+            };
+            put_meta(&txn, &meta, entry)?;
         }
         txn.commit().map_err(db_err("commit"))?;
         self.remember(AeoMirrorMeta {
@@ -800,6 +787,29 @@ impl AeoStore {
     }
 }
 
+/// `batch` without its leaves: what a mirror keeps per batch (the records are stored apart).
+fn bare(batch: &AeoSignedBatch) -> AeoSignedBatch {
+    AeoSignedBatch {
+        header: batch.header.clone(),
+        signature: batch.signature.clone(),
+        leaves: Vec::new(),
+    }
+}
+
+/// Writes `meta` as `partner`'s live mirror and `entry` into the journal, within `txn`.
+fn put_meta(
+    txn: &redb::WriteTransaction,
+    meta: &AeoMirrorMeta,
+    entry: &LedgerEntry,
+) -> Result<(), StoreError> {
+    let mut mirrors = txn.open_table(MIRRORS).map_err(db_err("open mirrors"))?;
+    mirrors
+        .insert(meta.partner.as_str(), meta.encode_to_vec().as_slice())
+        .map_err(db_err("write"))?;
+    let mut m = txn.open_table(META).map_err(db_err("open meta"))?;
+    push_journal(&mut m, txn, entry)
+}
+
 /// Writes one batch's rows and its bare signed header into a generation's tables.
 fn write_rows(
     txn: &redb::WriteTransaction,
@@ -811,13 +821,8 @@ fn write_rows(
     let mut records = txn.open_table(tables.records()).map_err(db_err("open"))?;
     let mut tins = txn.open_table(tables.tins()).map_err(db_err("open"))?;
     let mut batches = txn.open_table(tables.batches()).map_err(db_err("open"))?;
-    let bare = AeoSignedBatch {
-        header: batch.header.clone(),
-        signature: batch.signature.clone(),
-        leaves: Vec::new(),
-    };
     batches
-        .insert(batch_no, bare.encode_to_vec().as_slice())
+        .insert(batch_no, bare(batch).encode_to_vec().as_slice())
         .map_err(db_err("write"))?;
     for (id, tin, record) in rows {
         let old = records

@@ -570,6 +570,13 @@ impl Exchange for Silent {
         Err(Status::unimplemented("not part of this fake"))
     }
 
+    async fn ping(
+        &self,
+        _: Request<dccf_node::proto::v1::PingRequest>,
+    ) -> Result<Response<dccf_node::proto::v1::PingResponse>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
     async fn deliver(&self, _: Request<Envelope>) -> Result<Response<Receipt>, Status> {
         std::future::pending().await
     }
@@ -1128,6 +1135,13 @@ impl Exchange for SlowReader {
         &self,
         _: Request<dccf_node::proto::v1::AeoLookupRequest>,
     ) -> Result<Response<dccf_node::proto::v1::AeoSignedBatch>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
+    async fn ping(
+        &self,
+        _: Request<dccf_node::proto::v1::PingRequest>,
+    ) -> Result<Response<dccf_node::proto::v1::PingResponse>, Status> {
         Err(Status::unimplemented("not part of this fake"))
     }
 

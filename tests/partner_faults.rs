@@ -43,6 +43,13 @@ impl Exchange for ForgingPartner {
         Err(Status::unimplemented("not part of this fake"))
     }
 
+    async fn ping(
+        &self,
+        _: Request<dccf_node::proto::v1::PingRequest>,
+    ) -> Result<Response<dccf_node::proto::v1::PingResponse>, Status> {
+        Err(Status::unimplemented("not part of this fake"))
+    }
+
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<Receipt>, Status> {
         Ok(Response::new(forged_receipt(
             &self.key,
@@ -128,13 +135,18 @@ async fn a_receipt_that_does_not_verify_is_refused_and_not_recorded_as_delivered
     let nl_ca =
         tls::load_certs(&fed.admin("NL").config.identity_paths().ca_cert()).unwrap()[0].to_vec();
     let tls_config = tls::server_config(
-        tls::load_certs(&br.node_cert()).unwrap(),
-        tls::load_key(&br.node_key()).unwrap(),
+        tls::ReloadingCert::load(&br.node_cert(), &br.node_key()).unwrap(),
         Arc::new(PeerVerifier::new(Arc::new(TrustAdmin("NL".into(), nl_ca)))),
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let incoming = tls::incoming(listener, tls_config, Duration::from_secs(5), 8);
+    let incoming = tls::incoming(
+        listener,
+        tls_config,
+        Duration::from_secs(5),
+        8,
+        dccf_node::server::limits::PeerLimits::new("test", &Default::default()),
+    );
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ExchangeServer::new(ForgingPartner {

@@ -1922,6 +1922,13 @@ mod child {
             Err(Status::unimplemented("stream baseline only"))
         }
 
+        async fn ping(
+            &self,
+            _: Request<crate::proto::v1::PingRequest>,
+        ) -> Result<Response<crate::proto::v1::PingResponse>, Status> {
+            Err(Status::unimplemented("not part of this fake"))
+        }
+
         async fn deliver(&self, _: Request<Envelope>) -> Result<Response<Receipt>, Status> {
             Err(Status::unimplemented("stream baseline only"))
         }
@@ -1959,12 +1966,10 @@ mod child {
     /// from `peer_dir`'s CA; prints the address, serves until stdin closes.
     async fn server(dir: &Path, peer_dir: &Path) -> Result<(), BenchError> {
         let paths = IdentityPaths::new(dir);
-        let chain =
-            tls::load_certs(&paths.node_cert()).map_err(|e| fail("node certificate")(&e))?;
-        let key = tls::load_key(&paths.node_key()).map_err(|e| fail("node key")(&e))?;
+        let cert = tls::ReloadingCert::load(&paths.node_cert(), &paths.node_key())
+            .map_err(|e| fail("node certificate")(&e))?;
         let config = tls::server_config(
-            chain,
-            key,
+            cert,
             Arc::new(tls::PeerVerifier::new(Arc::new(PeerCa(ca_der(peer_dir)?)))),
         )
         .map_err(|e| fail("server TLS configuration")(&e))?;
@@ -1982,7 +1987,16 @@ mod child {
         tonic::transport::Server::builder()
             .add_service(ExchangeServer::new(Echo))
             .serve_with_incoming_shutdown(
-                tls::incoming(listener, config, Duration::from_secs(10), 64),
+                tls::incoming(
+                    listener,
+                    config,
+                    Duration::from_secs(10),
+                    64,
+                    crate::server::limits::PeerLimits::new(
+                        "echo",
+                        &crate::config::Limits::default(),
+                    ),
+                ),
                 stdin_closed,
             )
             .await

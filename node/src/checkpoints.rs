@@ -201,6 +201,7 @@ impl Checkpoints {
             note,
         });
         *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some(published.clone());
+        crate::telemetry::checkpoint_signed();
         self.refresh_cosigned()?;
         tracing::debug!(size = head.size, "checkpoint published");
         Ok(published)

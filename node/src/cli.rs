@@ -105,11 +105,25 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::aeo_commands::AeoAction,
     },
-    /// Issue client certificates from this administration's CA.
+    /// Certificates from this administration's CA: issue, rotate (no downtime), list.
     Cert {
         /// What to do.
         #[command(subcommand)]
-        action: crate::ledger_commands::CertAction,
+        action: crate::cert_commands::CertAction,
+    },
+    /// Check this node's configuration, keys, certificates, agreements, partners (reachability,
+    /// TLS, clock skew) and ledger; explain each problem and how to fix it. Non-zero exit if
+    /// anything is broken.
+    Doctor {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// One-screen summary of the running node.
+    Status {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Measure performance; every suite prints a table, or one JSON object with --json.
     Bench {
@@ -187,11 +201,11 @@ fn err(e: impl std::fmt::Display) -> CliError {
 /// Parses the command line, runs it, and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A server logs its decisions; interactive commands only their failures.
-    init_tracing(match cli.command {
-        Command::Serve { .. } => "info",
-        _ => "error",
-    });
+    // A server logs its decisions (set up once its config is read: it names the format);
+    // interactive commands only their failures.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_tracing("error", crate::config::LogFormat::Text);
+    }
     crate::server::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -212,9 +226,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `DCCF_LOG` (e.g. `info`, `dccf_node=debug`) overrides the level and
-/// `DCCF_LOG_FORMAT=json` switches to JSON lines.
-fn init_tracing(default_level: &str) {
+/// Logs go to stderr in `format`; `DCCF_LOG` (e.g. `info`, `dccf_node=debug`) overrides the
+/// level and `DCCF_LOG_FORMAT` (`json` or `text`) the format.
+fn init_tracing(default_level: &str, format: crate::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DCCF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     use std::io::IsTerminal;
@@ -222,7 +236,12 @@ fn init_tracing(default_level: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if std::env::var("DCCF_LOG_FORMAT").is_ok_and(|f| f == "json") {
+    let json = match std::env::var("DCCF_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => format == crate::config::LogFormat::Json,
+    };
+    if json {
         let _ = builder.json().try_init();
     } else {
         let _ = builder.try_init();
@@ -312,7 +331,28 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(err)?;
             emit(&text)
         }
-        Command::Cert { action } => emit(&crate::ledger_commands::run_cert(action).map_err(err)?),
+        Command::Cert { action } => emit(&crate::cert_commands::run(action).map_err(err)?),
+        Command::Doctor { config } => {
+            let findings = crate::doctor::run(&config).await;
+            emit(&crate::doctor::render(
+                &config.display().to_string(),
+                &findings,
+            ))?;
+            let fails = findings
+                .iter()
+                .filter(|f| f.level == crate::doctor::Level::Fail)
+                .count();
+            if fails > 0 {
+                return Err(err(format!(
+                    "doctor: {fails} problem(s) to fix (see FAIL lines above)"
+                )));
+            }
+            Ok(())
+        }
+        Command::Status { config } => {
+            let config = NodeConfig::load(&config).map_err(err)?;
+            emit(&crate::status::status(&config).await.map_err(err)?)
+        }
         Command::Bench { suite } => crate::bench::run(suite).await.map_err(err),
     }
 }
@@ -443,6 +483,7 @@ pub fn init(
         ledger: Default::default(),
         delivery: Default::default(),
         aeo: Default::default(),
+        observability: Default::default(),
     };
     crate::identity::keyfile::write_public(
         &staging.path().join("node.toml"),
@@ -465,6 +506,11 @@ async fn serve(config_path: &Path) -> Result<(), CliError> {
     let mut term = signal(SignalKind::terminate()).map_err(err)?;
     let mut hup = signal(SignalKind::hangup()).map_err(err)?;
     let config = NodeConfig::load(config_path).map_err(err)?;
+    init_tracing("info", config.observability.log_format);
+    if let Some(addr) = config.observability.metrics_listen {
+        crate::telemetry::install(addr).map_err(err)?;
+        tracing::info!(%addr, "metrics listener: GET /metrics");
+    }
     let mut node = crate::server::start(config).await.map_err(err)?;
     eprintln!(
         "dccf-node {} serving: exchange {} gateway {}",
@@ -476,14 +522,16 @@ async fn serve(config_path: &Path) -> Result<(), CliError> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => match node.state.reload_agreements().await {
+            _ = hup.recv() => match node.reload_certificate() {
+                Err(e) => tracing::error!(error = %e, "node certificate not reloaded; keeping the current one"),
+                Ok(_) => match node.state.reload_agreements().await {
                 Ok(statuses) => tracing::warn!(
                     in_force = statuses.iter().filter(|s| s.active).count(),
                     loaded = statuses.len(),
                     "agreements reloaded"
                 ),
                 Err(e) => tracing::error!(error = %e, "agreement reload failed; keeping the previous set"),
-            },
+            }},
             result = node.wait() => return result.map_err(err),
         }
     }

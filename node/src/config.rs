@@ -67,6 +67,47 @@ pub struct NodeConfig {
     /// AEO registry, partner mirrors and lookups; every field has a default.
     #[serde(default)]
     pub aeo: AeoSettings,
+    /// Logs, metrics and expiry warnings; every field has a default.
+    #[serde(default)]
+    pub observability: ObservabilitySettings,
+}
+
+/// How the node reports on itself: log format, Prometheus metrics, expiry warnings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilitySettings {
+    /// Address of the Prometheus metrics listener (plain HTTP, `GET /metrics`), e.g.
+    /// `"127.0.0.1:9464"`. Unset: no metrics listener. Metrics carry counts and labels
+    /// (partner, agreement, message type, reason), never payload data; keep the listener on a
+    /// management network all the same.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format on stderr: `"text"` (readable) or `"json"` (one JSON object per line, for
+    /// log shippers). The environment variable `DCCF_LOG_FORMAT` overrides it; `DCCF_LOG` sets
+    /// the level (default `info`).
+    pub log_format: LogFormat,
+    /// Certificates expiring within this many days raise a warning (log, metric
+    /// `dccf_certificate_expiring`, `doctor`).
+    pub cert_warning_days: u64,
+}
+
+impl Default for ObservabilitySettings {
+    fn default() -> Self {
+        ObservabilitySettings {
+            metrics_listen: None,
+            log_format: LogFormat::Text,
+            cert_warning_days: 30,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// AEO mutual recognition: the registry database, mirror feeds and lookups.
@@ -196,6 +237,15 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Simultaneous TLS handshakes in progress per listener.
     pub max_pending_handshakes: usize,
+    /// Established connections one peer (administration and role of its client certificate)
+    /// may hold per listener; further connections are closed right after the handshake.
+    pub max_connections_per_peer: usize,
+    /// Requests (and open streams) one peer may have in progress per listener; more are
+    /// answered `RESOURCE_EXHAUSTED` at once (load shedding), never queued.
+    pub max_requests_per_peer: usize,
+    /// Requests in progress per listener over all peers; more are answered `UNAVAILABLE`
+    /// ("overloaded, retry") at once instead of waiting in an unbounded queue.
+    pub max_requests_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -210,6 +260,9 @@ impl Default for Limits {
             request_timeout_secs: 30,
             max_concurrent_streams: 128,
             max_pending_handshakes: 256,
+            max_connections_per_peer: 64,
+            max_requests_per_peer: 512,
+            max_requests_in_flight: 4096,
         }
     }
 }
@@ -272,7 +325,12 @@ impl NodeConfig {
                 "must not exceed limits.max_envelope_ttl_secs".into(),
             ));
         }
-        if l.max_concurrent_streams == 0 || l.max_pending_handshakes == 0 {
+        if l.max_concurrent_streams == 0
+            || l.max_pending_handshakes == 0
+            || l.max_connections_per_peer == 0
+            || l.max_requests_per_peer == 0
+            || l.max_requests_in_flight == 0
+        {
             return Err(invalid(
                 "limits",
                 "concurrency limits must be greater than 0".into(),
@@ -291,6 +349,23 @@ impl NodeConfig {
                     "{origin:?} must be a schema-less name ending in {suffix:?}, without spaces \
                      or '+' (e.g. \"dccf.example{suffix}\")"
                 ),
+            ));
+        }
+        if !(1..=3650).contains(&self.observability.cert_warning_days) {
+            return Err(invalid(
+                "observability.cert_warning_days",
+                format!(
+                    "{} is outside 1..=3650",
+                    self.observability.cert_warning_days
+                ),
+            ));
+        }
+        if let Some(m) = self.observability.metrics_listen
+            && (m == self.listen || m == self.gateway_listen)
+        {
+            return Err(invalid(
+                "observability.metrics_listen",
+                format!("{m} is already the Exchange or Gateway address"),
             ));
         }
         for (field, v) in [
@@ -436,6 +511,12 @@ request_timeout_secs = {request_timeout_secs}
 max_concurrent_streams = {max_concurrent_streams}
 # Simultaneous TLS handshakes in progress per listener.
 max_pending_handshakes = {max_pending_handshakes}
+# Connections one peer (certificate administration and role) may hold per listener.
+max_connections_per_peer = {max_connections_per_peer}
+# Requests and open streams one peer may have in progress; more get RESOURCE_EXHAUSTED at once.
+max_requests_per_peer = {max_requests_per_peer}
+# Requests in progress per listener over all peers; more get UNAVAILABLE at once (load shedding).
+max_requests_in_flight = {max_requests_in_flight}
 
 [ledger]
 # Checkpoint origin: names this ledger in signed checkpoints; must end with "/{admin}".
@@ -482,7 +563,27 @@ max_import_mib = {aeo_max_import_mib}
 reconnect_initial_ms = {aeo_reconnect_initial_ms}
 # Most operators a partner's mirror may hold; larger snapshots and deltas are refused.
 max_mirror_records = {aeo_max_mirror_records}
+
+[observability]
+# Prometheus metrics listener (plain HTTP, GET /metrics); keep it on a management network.
+{metrics_listen}
+# Log format on stderr: "text" or "json" (DCCF_LOG_FORMAT overrides; DCCF_LOG sets the level).
+log_format = "{log_format}"
+# Warn this many days before a certificate expires (log, metric, doctor).
+cert_warning_days = {cert_warning_days}
 "#,
+            metrics_listen = match self.observability.metrics_listen {
+                Some(a) => format!("metrics_listen = \"{a}\""),
+                None => "# metrics_listen = \"127.0.0.1:9464\"".to_owned(),
+            },
+            log_format = match self.observability.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+            cert_warning_days = self.observability.cert_warning_days,
+            max_connections_per_peer = l.max_connections_per_peer,
+            max_requests_per_peer = l.max_requests_per_peer,
+            max_requests_in_flight = l.max_requests_in_flight,
             aeo_max_mirror_records = self.aeo.max_mirror_records,
             aeo_cache_mib = self.aeo.cache_mib,
             aeo_heartbeat_secs = self.aeo.heartbeat_secs,
@@ -549,6 +650,7 @@ mod tests {
             ledger: LedgerSettings::default(),
             delivery: DeliverySettings::default(),
             aeo: AeoSettings::default(),
+            observability: ObservabilitySettings::default(),
         }
     }
 

@@ -12,7 +12,6 @@ use clap::Subcommand;
 use crate::checkpoints::Checkpoints;
 use crate::config::NodeConfig;
 use crate::identity::NodeIdentity;
-use crate::identity::pki::{CertRequest, CertificateAuthority, Role};
 use crate::ledger::{LedgerError, Store, entry, export, proof};
 use crate::proto::v1::audit_client::AuditClient;
 use crate::proto::v1::{
@@ -94,23 +93,6 @@ pub enum LedgerAction {
         a: PathBuf,
         /// Second export directory.
         b: PathBuf,
-    },
-}
-
-/// `dccf-node cert` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum CertAction {
-    /// Issue a client certificate from this administration's CA (e.g. for an auditor).
-    Issue {
-        /// Path to node.toml (its CA signs).
-        #[arg(long)]
-        config: PathBuf,
-        /// Role: auditor (Audit service) or gateway (back office).
-        #[arg(long)]
-        role: Role,
-        /// Output prefix: writes PREFIX.pem (certificate) and PREFIX.key (0600).
-        #[arg(long)]
-        out: PathBuf,
     },
 }
 
@@ -280,34 +262,6 @@ pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
     }
 }
 
-/// Runs a cert command; returns what to print.
-pub fn run_cert(action: CertAction) -> Result<String, CommandError> {
-    match action {
-        CertAction::Issue { config, role, out } => {
-            let config = NodeConfig::load(&config).map_err(err)?;
-            if role == Role::Node {
-                return Err(err(
-                    "--role node: node certificates are made by `init`; issue auditor or gateway",
-                ));
-            }
-            let paths = config.identity_paths();
-            let ca = CertificateAuthority::load(&paths.ca_cert(), &paths.ca_key()).map_err(err)?;
-            let issued = ca
-                .issue(&CertRequest::new(config.admin.clone(), role, Vec::new()))
-                .map_err(err)?;
-            let cert = out.with_extension("pem");
-            let key = out.with_extension("key");
-            issued.save(&cert, &key).map_err(err)?;
-            Ok(format!(
-                "issued a {role} certificate of {}: {} (key {}, mode 0600)",
-                config.admin,
-                cert.display(),
-                key.display()
-            ))
-        }
-    }
-}
-
 /// Opens the ledger of a node that must be stopped; `then` says what to do instead.
 fn open_stopped(config: &NodeConfig, then: &str) -> Result<(Store, Checkpoints), CommandError> {
     open_local(config)?.ok_or_else(|| {
@@ -356,6 +310,67 @@ fn audit_client(
     let key = key.unwrap_or_else(|| paths.auditor_key());
     let channel = crate::cli::local_channel(config, &cert, &key).map_err(err)?;
     Ok(AuditClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+/// The ledger check of `doctor`: a stopped node's database recomputed in full against every
+/// checkpoint it signed ([`verify_database`]); for a running node (through its Audit service,
+/// auditor certificate) the latest checkpoint's signature, and a consistency proof from it to a
+/// fresh checkpoint of the current head.
+pub async fn verify_ledger_for_doctor(
+    config: &NodeConfig,
+    identity: &NodeIdentity,
+) -> Result<String, CommandError> {
+    if !config.ledger_dir().join("db").exists() {
+        return Ok("no ledger yet (the node has never run)".to_owned());
+    }
+    if let Some((store, cps)) = open_local(config)? {
+        return verify_database(&store, &cps);
+    }
+    let verifier = crate::ledger::checkpoint::NoteVerifier::new(
+        &config.origin(),
+        identity.signing.verifying_key(),
+    )
+    .map_err(err)?;
+    let mut audit = audit_client(config, None, None)?;
+    let fetch = |from_size, fresh| {
+        let mut audit = audit.clone();
+        async move {
+            audit
+                .get_checkpoint(crate::proto::v1::CheckpointRequest { from_size, fresh })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| err(format!("Audit.GetCheckpoint: {}", s.message())))
+        }
+    };
+    let parse = |note: &str| -> Result<(u64, [u8; 32]), CommandError> {
+        let text = verifier
+            .verify(note)
+            .map_err(|e| err(format!("checkpoint signature: {e}")))?;
+        let (_, size, root) = crate::ledger::checkpoint::parse_checkpoint(text).map_err(err)?;
+        Ok((size, root))
+    };
+    let last = fetch(0, false).await?;
+    let (size1, root1) = parse(&last.checkpoint)?;
+    let now = fetch(size1, true).await?;
+    let (size2, root2) = parse(&now.checkpoint)?;
+    let proof: Vec<[u8; 32]> = now
+        .consistency_proof
+        .iter()
+        .map(|h| {
+            <[u8; 32]>::try_from(h.as_slice()).map_err(|_| err("a proof hash is not 32 bytes"))
+        })
+        .collect::<Result<_, _>>()?;
+    proof::verify_consistency(size1, size2, &proof, &root1, &root2).map_err(|e| {
+        err(format!(
+            "the current ledger (size {size2}) does not extend the last checkpoint (size \
+             {size1}): {e}"
+        ))
+    })?;
+    let _ = &mut audit;
+    Ok(format!(
+        "running node: last checkpoint (size {size1}) signed by this node's key; the current \
+         head (size {size2}) is proven to extend it"
+    ))
 }
 
 /// Full check of a stopped node's database: the tree recomputed from every entry, and every

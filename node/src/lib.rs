@@ -25,8 +25,12 @@
 //!   current by signed snapshots and sequenced deltas, signed lookups from the mirror or online,
 //!   disclosure limited by the agreement; stored in redb (`aeo.redb`).
 //! - [`server`]: the `Exchange` (partners), `Gateway` (back office) and `Audit` (auditors)
-//!   services and their TLS.
+//!   services, their TLS, per-peer limits and load shedding, gRPC health and reflection.
+//! - [`telemetry`]: Prometheus metrics (names, labels, the exporter).
 //! - [`state`]: what the services of a running node share.
+//! - [`doctor`] (diagnosis with a fix per problem), [`status`] (one-screen summary),
+//!   [`cert_commands`] (issue, rotate without downtime, list), [`ping`] (signed time for the
+//!   clock-skew check).
 //! - [`cli`], [`ledger_commands`], [`outbox_commands`], [`aeo_commands`], [`demo`], [`bench`]
 //!   (and [`bench_ledger`], [`bench_delivery`], [`bench_aeo`]): the `dccf-node` commands.
 //! - [`proto`]: generated code for the wire contract in `proto/dccf/v1/`.
@@ -43,19 +47,24 @@ pub mod bench;
 pub mod bench_aeo;
 pub mod bench_delivery;
 pub mod bench_ledger;
+pub mod cert_commands;
 pub mod checkpoints;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod doctor;
 pub mod envelope;
 pub mod identity;
 pub mod ledger;
 pub mod ledger_commands;
 pub mod outbox_commands;
+pub mod ping;
 pub mod policy;
 pub mod proto;
 pub mod samples;
 pub mod server;
 pub mod state;
+pub mod status;
+pub mod telemetry;
 pub mod witness;

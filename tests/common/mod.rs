@@ -724,8 +724,7 @@ impl Federation {
             .unwrap()[0]
             .to_vec();
         tls::server_config(
-            tls::load_certs(&me.node_cert()).unwrap(),
-            tls::load_key(&me.node_key()).unwrap(),
+            tls::ReloadingCert::load(&me.node_cert(), &me.node_key()).unwrap(),
             std::sync::Arc::new(tls::PeerVerifier::new(std::sync::Arc::new(TrustAdmin(
                 client.into(),
                 client_ca,
@@ -764,8 +763,13 @@ impl StandIn {
                 .expect("stand-in runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let incoming =
-                    dccf_node::server::tls::incoming(listener, tls, Duration::from_secs(5), 8);
+                let incoming = dccf_node::server::tls::incoming(
+                    listener,
+                    tls,
+                    Duration::from_secs(5),
+                    8,
+                    dccf_node::server::limits::PeerLimits::new("test", &Default::default()),
+                );
                 let server = tonic::transport::Server::builder()
                     .add_service(
                         dccf_node::proto::v1::exchange_server::ExchangeServer::new(service)

@@ -636,6 +636,11 @@ impl AgreementSet {
         versions.sort_by_key(|a| std::cmp::Reverse(a.doc.version));
     }
 
+    /// Whether an agreement with this id is loaded (any version, active or not).
+    pub fn knows(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
     /// Every loaded agreement, every version.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Agreement>> {
         self.by_id.values().flatten()

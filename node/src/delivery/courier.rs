@@ -148,6 +148,15 @@ impl Courier {
         self.unreserve(partner, n);
     }
 
+    /// Messages waiting, per partner the courier has seen.
+    pub fn queue_depths(&self) -> Vec<(String, u64)> {
+        self.lock()
+            .partners
+            .iter()
+            .map(|(p, s)| (p.clone(), s.queued))
+            .collect()
+    }
+
     /// Messages waiting for `partner`.
     pub fn queued_count(&self, partner: &str) -> u64 {
         self.lock().partners.get(partner).map_or(0, |p| p.queued)
@@ -475,7 +484,7 @@ impl Drop for AbortOnDrop {
 /// The code, message and causes of a failed call. A transport failure's message is only
 /// "transport error": what actually went wrong (refused, reset, connect timed out, TLS) is in
 /// its sources, and the operator reading the outbox's `last_error` needs it.
-fn status_text(status: &tonic::Status) -> String {
+pub(crate) fn status_text(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
@@ -718,6 +727,14 @@ async fn record_results(
                         single,
                     } => {
                         let receipt = &receipts[*receipt_at];
+                        crate::telemetry::message_sent(
+                            partner,
+                            &flight.record.agreement_id,
+                            &flight.record.message_type,
+                            u64::try_from(now - flight.record.enqueued_at_ms)
+                                .ok()
+                                .map(Duration::from_millis),
+                        );
                         let index = if *single {
                             entry::append(
                                 &mut txn,
@@ -824,6 +841,12 @@ fn dead_letter(
     why: &str,
     now: i64,
 ) -> Option<String> {
+    crate::telemetry::message_rejected_outbound(
+        partner,
+        &record.agreement_id,
+        &record.message_type,
+        reason.as_str_name(),
+    );
     entry::append(
         txn,
         &entry::with_refusal(

@@ -169,6 +169,11 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
                 }
                 Ok(Checked::Accept(accepted)) => {
                     wrote = true;
+                    crate::telemetry::message_received(
+                        &accepted.header.sender,
+                        &accepted.header.agreement_id,
+                        &accepted.header.message_type,
+                    );
                     in_flight.push((
                         accepted.header.sender.clone(),
                         accepted.header.message_id.clone(),
@@ -193,7 +198,7 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
                 Err(refusal) => {
                     if !refusal.is_transient() {
                         wrote = true;
-                        txn_refusal(&mut txn, peer, envelope, digest, &refusal);
+                        txn_refusal(state, &mut txn, peer, envelope, digest, &refusal);
                     }
                     Slot::Refused(header_message_id(envelope), refusal)
                 }
@@ -592,6 +597,7 @@ fn duplicate(
 
 /// Stages the ENVELOPE_REJECTED entry of a refusal.
 fn txn_refusal(
+    state: &NodeState,
     txn: &mut crate::ledger::Txn<'_>,
     peer_admin: &str,
     envelope: &Envelope,
@@ -599,6 +605,15 @@ fn txn_refusal(
     refusal: &Refusal,
 ) {
     let message_id = header_message_id(envelope);
+    let header = EnvelopeHeader::decode(envelope.header.as_slice()).unwrap_or_default();
+    crate::telemetry::message_rejected(
+        state,
+        crate::telemetry::Direction::Inbound,
+        peer_admin,
+        &header.agreement_id,
+        &header.message_type,
+        refusal.reason.as_str_name(),
+    );
     let mut rejected = entry::about_envelope(
         EntryKind::EnvelopeRejected,
         envelope,

@@ -188,6 +188,40 @@ pub(crate) struct Prepared {
 /// Runs every check of this node on `req` (size, agreement, flow, payload, fields, consent,
 /// onward transfer, rate, message id) and finds an earlier send with the same id.
 fn check(state: &Arc<NodeState>, req: SendRequest) -> Result<Intake, Refusal> {
+    let labels = (
+        req.recipient.clone(),
+        req.agreement_id.clone(),
+        req.message_type.clone(),
+    );
+    let checked = check_request(state, req);
+    if let Err(refusal) = &checked
+        && !refusal.is_transient()
+    {
+        let (recipient, agreement, message_type) = labels;
+        let now = now_ms();
+        let partner = if state
+            .agreements()
+            .partner(state.admin(), &recipient, now)
+            .is_some()
+        {
+            recipient.as_str()
+        } else {
+            "unknown"
+        };
+        crate::telemetry::message_rejected(
+            state,
+            crate::telemetry::Direction::Outbound,
+            partner,
+            &agreement,
+            &message_type,
+            refusal.reason.as_str_name(),
+        );
+    }
+    checked
+}
+
+/// The checks of [`check`].
+fn check_request(state: &Arc<NodeState>, req: SendRequest) -> Result<Intake, Refusal> {
     let me = state.admin();
     let limit = state.config.limits.max_message_bytes;
     if req.payload.len() > limit {

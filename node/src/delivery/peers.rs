@@ -72,8 +72,7 @@ struct CachedClient {
 /// A cache of Exchange clients, one per partner, rebuilt when the partner's card changes.
 #[derive(Debug)]
 pub struct PeerClients {
-    cert_chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    identity: Mutex<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     connect_timeout: Duration,
     request_timeout: Duration,
     max_message_bytes: usize,
@@ -88,8 +87,7 @@ impl PeerClients {
         limits: &Limits,
     ) -> Self {
         PeerClients {
-            cert_chain,
-            key,
+            identity: Mutex::new((cert_chain, key)),
             connect_timeout: Duration::from_secs(limits.connect_timeout_secs),
             request_timeout: Duration::from_secs(limits.request_timeout_secs),
             max_message_bytes: limits.max_message_bytes,
@@ -108,11 +106,14 @@ impl PeerClients {
             return Ok(c.client.clone());
         }
         let (name, host_port) = tls::endpoint_parts(admin, &party.card.endpoint)?;
-        let config = tls::client_config(
-            std::slice::from_ref(&party.ca_der),
-            self.cert_chain.clone(),
-            self.key.clone_key(),
-        )?;
+        let config = {
+            let identity = self.identity.lock().unwrap_or_else(|e| e.into_inner());
+            tls::client_config(
+                std::slice::from_ref(&party.ca_der),
+                identity.0.clone(),
+                identity.1.clone_key(),
+            )?
+        };
         let channel = tls_channel(
             &host_port,
             name,
@@ -132,6 +133,17 @@ impl PeerClients {
             },
         );
         Ok(client)
+    }
+
+    /// Presents `cert_chain`/`key` on new connections from now on (after a certificate
+    /// rotation); connections in use finish with the previous certificate.
+    pub fn set_identity(
+        &self,
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) {
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = (cert_chain, key);
+        self.clear();
     }
 
     /// Drops every cached client (after agreements change).

@@ -391,6 +391,75 @@ pub fn ca_admin(ca_cert_der: &[u8]) -> Result<String, IdentityError> {
     ca_admin_of(&x509).map_err(|detail| IdentityError::InvalidCert { what: "CA", detail })
 }
 
+/// Checks that the leaf certificate `cert_der` is signed by the CA `ca_der` (signature and
+/// chain only: validity dates are the caller's business, so an expired certificate is told
+/// apart from a foreign one).
+pub fn verify_issued_by(cert_der: &[u8], ca_der: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let ca = CertificateDer::from(ca_der);
+    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|e| format!("CA: {e}"))?;
+    let leaf = CertificateDer::from(cert_der);
+    let cert = webpki::EndEntityCert::try_from(&leaf).map_err(|e| e.to_string())?;
+    // Verify at a moment inside the leaf's validity, so only the chain is judged.
+    let not_before = parse_cert(cert_der)?.validity().not_before.timestamp();
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(not_before).unwrap_or(0) + 1,
+    ));
+    let algs = crate::server::tls::provider().signature_verification_algorithms;
+    cert.verify_for_usage(
+        algs.all,
+        &[anchor],
+        &[],
+        at,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// The DNS names and IP addresses in a certificate's SAN (what a node certificate is valid for).
+pub fn cert_hosts(cert_der: &[u8]) -> Result<Vec<String>, IdentityError> {
+    let x509 = parse_cert(cert_der).map_err(|detail| IdentityError::InvalidCert {
+        what: "DER",
+        detail,
+    })?;
+    let mut hosts = Vec::new();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => hosts.push((*d).to_owned()),
+                GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => hosts.push(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default())
+                            .to_string(),
+                    ),
+                    16 => hosts.push(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default())
+                            .to_string(),
+                    ),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok(hosts)
+}
+
+/// When a certificate's validity starts and ends.
+pub fn cert_validity(cert_der: &[u8]) -> Result<(OffsetDateTime, OffsetDateTime), IdentityError> {
+    let x509 = parse_cert(cert_der).map_err(|detail| IdentityError::InvalidCert {
+        what: "DER",
+        detail,
+    })?;
+    Ok((
+        x509.validity().not_before.to_datetime(),
+        x509.validity().not_after.to_datetime(),
+    ))
+}
+
 /// When a certificate expires.
 pub fn cert_not_after(cert_der: &[u8]) -> Result<OffsetDateTime, IdentityError> {
     let x509 = parse_cert(cert_der).map_err(|detail| IdentityError::InvalidCert {

@@ -356,6 +356,12 @@ impl Store {
         Head::of(&lock(&self.inner.shared.staged_view))
     }
 
+    /// Why the store stopped accepting writes (a failed group commit), or `None` while it is
+    /// healthy. A failed store stays failed until the node restarts.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.inner.shared.poison).clone()
+    }
+
     /// Head of what is on disk and synced.
     pub fn durable_head(&self) -> Head {
         *self.inner.shared.durable.borrow()
@@ -1306,7 +1312,7 @@ mod tests {
         fn queued(&self) -> usize {
             lock(&self.inner.shared.queue).units.len()
         }
-        fn fail_next_sync(&self) {
+        pub(crate) fn fail_next_sync(&self) {
             self.inner.shared.hooks.fail_next_sync();
         }
     }

@@ -118,6 +118,21 @@ impl Exchange for ExchangeService {
             .map_err(|e| e.to_status())
     }
 
+    async fn ping(
+        &self,
+        request: Request<crate::proto::v1::PingRequest>,
+    ) -> Result<Response<crate::proto::v1::PingResponse>, Status> {
+        peer_admin(&request)?;
+        crate::ping::answer(
+            self.state.admin(),
+            &self.state.identity.signing,
+            request.get_ref(),
+            crate::envelope::now_ms(),
+        )
+        .map(Response::new)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
     async fn deliver(&self, request: Request<Envelope>) -> Result<Response<Receipt>, Status> {
         let peer = peer_admin(&request)?;
         inbound::receive(&self.state, &peer, request.into_inner())

@@ -4,6 +4,8 @@
 pub mod audit;
 pub mod exchange;
 pub mod gateway;
+pub mod health;
+pub mod limits;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -45,6 +47,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the descriptor set.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// A node serving both listeners.
@@ -56,6 +61,7 @@ pub struct RunningNode {
     pub gateway_addr: SocketAddr,
     /// The node's state.
     pub state: Arc<NodeState>,
+    node_cert: Arc<tls::ReloadingCert>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -82,6 +88,12 @@ impl RunningNode {
         for t in tasks {
             let _ = t.await;
         }
+    }
+
+    /// Loads a rotated node certificate if its files changed (`Ok(true)`): new handshakes on
+    /// both listeners and new outgoing connections use it; open connections keep the old one.
+    pub fn reload_certificate(&self) -> Result<bool, tls::TlsError> {
+        reload_certificate(&self.state, &self.node_cert)
     }
 
     /// Waits until a listener fails (they run until shutdown otherwise).
@@ -124,19 +136,16 @@ pub async fn start_on(
         source,
     })?;
     let paths = state.config.identity_paths();
-    let chain = tls::load_certs(&paths.node_cert())?;
-    let key = tls::load_key(&paths.node_key())?;
+    let node_cert = tls::ReloadingCert::load(&paths.node_cert(), &paths.node_key())?;
     let limits = state.config.limits.clone();
     let exchange_tls = tls::server_config(
-        chain.clone(),
-        key.clone_key(),
+        node_cert.clone(),
         Arc::new(tls::PeerVerifier::new(Arc::new(PartnerTrust(
             Arc::downgrade(&state),
         )))),
     )?;
     let gateway_tls = tls::server_config(
-        chain,
-        key,
+        node_cert.clone(),
         Arc::new(tls::PeerVerifier::new(Arc::new(BackOfficeTrust {
             admin: state.admin().to_owned(),
             ca_der: state.own_ca_der.clone(),
@@ -148,14 +157,22 @@ pub async fn start_on(
     // enforces the exact limit with RESOURCE_EXHAUSTED.
     let max_frame = limits.max_message_bytes + 64 * 1024;
 
-    let builder = |timeout: Duration| {
+    let exchange_peers = limits::PeerLimits::new("exchange", &limits);
+    let gateway_peers = limits::PeerLimits::new("gateway", &limits);
+    let builder = |timeout: Duration, peers: &Arc<limits::PeerLimits>| {
         tonic::transport::Server::builder()
             .max_concurrent_streams(limits.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Bounded header blocks: a peer cannot make us buffer megabytes of metadata.
+            .http2_max_header_list_size(Some(64 * 1024))
             .timeout(timeout)
             .layer(size_limit::TooLargeIsResourceExhausted)
+            .layer(limits::ShedLayer(peers.clone()))
     };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health::set_all(&health_reporter, tonic_health::ServingStatus::Serving).await;
+    let reflection = health::reflection()?;
     let exchange_timeout = Duration::from_secs(limits.request_timeout_secs);
     // A Gateway Send with `await_delivery` includes connecting to and waiting for the partner:
     // its deadline covers both, so the back office hears the outcome, not a generic timeout.
@@ -165,7 +182,8 @@ pub async fn start_on(
         let _ = rx.wait_for(|s| *s).await;
     };
     let exchange_task = tokio::spawn(
-        builder(exchange_timeout)
+        builder(exchange_timeout, &exchange_peers)
+            .add_service(health_service.clone())
             .add_service(
                 ExchangeServer::new(exchange::ExchangeService::new(state.clone()))
                     .max_decoding_message_size(max_frame)
@@ -177,12 +195,15 @@ pub async fn start_on(
                     exchange_tls,
                     handshake,
                     limits.max_pending_handshakes,
+                    exchange_peers.clone(),
                 ),
                 stop(shutdown.subscribe()),
             ),
     );
     let gateway_task = tokio::spawn(
-        builder(gateway_timeout)
+        builder(gateway_timeout, &gateway_peers)
+            .add_service(health_service)
+            .add_service(reflection)
             .add_service(
                 GatewayServer::new(gateway::GatewayService::new(
                     state.clone(),
@@ -198,6 +219,7 @@ pub async fn start_on(
                     gateway_tls,
                     handshake,
                     limits.max_pending_handshakes,
+                    gateway_peers.clone(),
                 ),
                 stop(shutdown.subscribe()),
             ),
@@ -277,11 +299,55 @@ pub async fn start_on(
             Ok(())
         })
     };
+    // A rotated node certificate (`dccf-node cert rotate`) is picked up without a restart.
+    let cert_task = {
+        let (state, node_cert) = (state.clone(), node_cert.clone());
+        spawn_periodic(
+            shutdown.subscribe(),
+            tls::RELOAD_INTERVAL,
+            OnStop::CancelJob,
+            move || {
+                let (state, node_cert) = (state.clone(), node_cert.clone());
+                async move {
+                    if let Err(e) = reload_certificate(&state, &node_cert) {
+                        tracing::warn!(error = %e, "rotated node certificate not loaded; keeping the current one");
+                    }
+                }
+            },
+        )
+    };
+    let health_task = {
+        let (store, stopping) = (state.store.clone(), shutdown.subscribe());
+        tokio::spawn(async move {
+            health::watch(store, health_reporter, stopping).await;
+            Ok(())
+        })
+    };
+    // Gauges (queue depths, ledger size, certificate expiry) for the metrics listener, and
+    // the hourly log warning about certificates close to expiry.
+    let gauges_task = {
+        let state = state.clone();
+        spawn_periodic(
+            shutdown.subscribe(),
+            crate::telemetry::GAUGE_INTERVAL,
+            OnStop::CancelJob,
+            move || {
+                let state = state.clone();
+                async move {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::telemetry::refresh_gauges(&state)
+                    })
+                    .await;
+                }
+            },
+        )
+    };
     tracing::info!(admin = state.admin(), %exchange_addr, %gateway_addr, "node serving");
     Ok(RunningNode {
         exchange_addr,
         gateway_addr,
         state,
+        node_cert,
         shutdown,
         tasks: vec![
             exchange_task,
@@ -291,8 +357,31 @@ pub async fn start_on(
             witness_task,
             courier_task,
             mirror_task,
+            health_task,
+            gauges_task,
+            cert_task,
         ],
     })
+}
+
+/// See [`RunningNode::reload_certificate`].
+fn reload_certificate(
+    state: &NodeState,
+    node_cert: &tls::ReloadingCert,
+) -> Result<bool, tls::TlsError> {
+    if !node_cert.reload()? {
+        return Ok(false);
+    }
+    let paths = state.config.identity_paths();
+    state.peers.set_identity(
+        tls::load_certs(&paths.node_cert())?,
+        tls::load_key(&paths.node_key())?,
+    );
+    tracing::warn!(
+        certificate = %paths.node_cert().display(),
+        "node certificate reloaded; new connections use it"
+    );
+    Ok(true)
 }
 
 /// What a periodic task does when the node shuts down.

@@ -19,7 +19,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
 
 use crate::identity::pki::{Role, cert_identity};
 
@@ -215,16 +214,88 @@ impl ClientCertVerifier for PeerVerifier {
     }
 }
 
-/// A server configuration: TLS 1.3 only, ALPN h2, client certificates checked by `verifier`.
+/// How often a running node looks for a rotated node certificate (SIGHUP checks at once).
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The node's own certificate for both listeners, replaced in place when the files change
+/// (`dccf-node cert rotate`): new handshakes get the new certificate, established connections
+/// keep theirs until they close.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    current: std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, Vec<u8>)>,
+}
+
+impl ReloadingCert {
+    /// Loads the certificate chain and key files.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        let (certified, pem) = Self::read(cert_path, key_path)?;
+        Ok(Arc::new(ReloadingCert {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            current: std::sync::RwLock::new((certified, pem)),
+        }))
+    }
+
+    fn read(
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<(Arc<rustls::sign::CertifiedKey>, Vec<u8>), TlsError> {
+        let pem = std::fs::read(cert_path).map_err(|e| TlsError::File {
+            path: cert_path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let chain = load_certs(cert_path)?;
+        let key = load_key(key_path)?;
+        let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider())?;
+        Ok((Arc::new(certified), pem))
+    }
+
+    /// The certificate chain and key in use (for outgoing connections).
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Re-reads the files; `Ok(true)` if a different certificate was loaded. A pair that does
+    /// not load or match (a rotation half done) is an error and the current one stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let on_disk = std::fs::read(&self.cert_path).map_err(|e| TlsError::File {
+            path: self.cert_path.clone(),
+            detail: e.to_string(),
+        })?;
+        if on_disk == self.current.read().unwrap_or_else(|e| e.into_inner()).1 {
+            return Ok(false);
+        }
+        let fresh = Self::read(&self.cert_path, &self.key_path)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(true)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A server configuration: TLS 1.3 only, ALPN h2, client certificates checked by `verifier`,
+/// the node certificate from `cert` (reloadable).
 pub fn server_config(
-    cert_chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    cert: Arc<ReloadingCert>,
     verifier: Arc<dyn ClientCertVerifier>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(cert_chain, key)?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -250,13 +321,15 @@ pub fn client_config(
 
 /// Accepts TCP connections on `listener` and completes TLS handshakes concurrently (at most
 /// `max_pending` at once, each bounded by `timeout`), yielding established streams. A client that
-/// stalls or fails its handshake costs one task, never the accept loop.
+/// stalls or fails its handshake costs one task, never the accept loop. A peer already holding
+/// its maximum of connections (`peers`) has the new one closed right after the handshake.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
     max_pending: usize,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    peers: Arc<super::limits::PeerLimits>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<super::limits::Guarded, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(max_pending);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let permits = Arc::new(tokio::sync::Semaphore::new(max_pending));
@@ -287,11 +360,21 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let peers = peers.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        // The verifier demanded a client certificate: there is a leaf.
+                        let slot = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| peers.admit_connection(leaf));
+                        if let Some(slot) = slot {
+                            let _ = tx.send(Ok(super::limits::Guarded::new(stream, slot))).await;
+                        }
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),

@@ -1,0 +1,562 @@
+//! Running a node in production: Prometheus metrics, JSON logs, gRPC health and reflection of a
+//! real `dccf-node serve` process, graceful SIGTERM; per-peer connection and request limits.
+
+use std::time::Duration;
+
+use dccf_node::proto::v1::PreArrivalDeclaration;
+use dccf_tests::*;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+const DECL: &str = "dccf.v1.PreArrivalDeclaration";
+
+/// A free loopback port (bound and released).
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// `GET /metrics` over plain HTTP/1.1.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics listener");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.expect("response");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of the sample whose line starts with `name{` and contains every `labels` part.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A declaration whose text fields carry `marker`, to prove no payload reaches logs/metrics.
+fn marked_declaration(marker: &str) -> Vec<u8> {
+    let mut decl = dccf_node::samples::pre_arrival_declaration(7);
+    decl.declaration_reference = marker.to_owned();
+    decl.master_transport_document = marker.to_owned();
+    PreArrivalDeclaration::encode_to_vec(&decl)
+}
+
+#[tokio::test]
+async fn a_served_node_reports_metrics_health_and_reflection_and_stops_on_sigterm() {
+    let metrics_addr = free_addr();
+    let fed = Federation::start_except(
+        &["NL", "BR"],
+        dccf_node::demo::EXAMPLE_AGREEMENT,
+        "nl-br-exchange",
+        |c| {
+            if c.admin == "NL" {
+                c.observability.metrics_listen = Some(metrics_addr);
+                c.observability.log_format = dccf_node::config::LogFormat::Json;
+            }
+        },
+        &["NL"],
+    )
+    .await;
+    fed.save_config("NL");
+    let log = fed.root.path().join("nl.log");
+    let mut nl = KillOnDrop(fed.spawn_process_logged("NL", &log).await);
+
+    // Traffic: one delivered declaration, one refused before sending (unknown agreement).
+    let marker = "SECRET-CARGO-MARKER-4242";
+    let mut gw = fed.gateway("NL");
+    let sent = gw
+        .send(send_request(
+            "nl-br-exchange",
+            "BR",
+            DECL,
+            marked_declaration(marker),
+        ))
+        .await
+        .expect("send")
+        .into_inner();
+    assert!(sent.receipt.is_some(), "delivered and receipted");
+    let refused = gw
+        .send(send_request(
+            "no-such-agreement",
+            "BR",
+            DECL,
+            marked_declaration(marker),
+        ))
+        .await
+        .expect_err("unknown agreement");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    // Metrics: counters by partner/agreement/type/reason, latency, gauges, certificate expiry.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = scrape(metrics_addr).await;
+        if metrics.contains("dccf_ledger_entries") && metrics.contains("dccf_outbox_depth") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent_count = sample(
+        &metrics,
+        "dccf_messages_sent_total",
+        &[
+            "partner=\"BR\"",
+            "agreement=\"nl-br-exchange\"",
+            "type=\"dccf.v1.PreArrivalDeclaration\"",
+        ],
+    );
+    assert_eq!(sent_count, Some(1.0), "{metrics}");
+    let refused_count = sample(
+        &metrics,
+        "dccf_messages_rejected_total",
+        &[
+            "direction=\"outbound\"",
+            "partner=\"BR\"",
+            // A made-up agreement id never becomes a label.
+            "agreement=\"unknown\"",
+            "reason=\"REJECT_REASON_UNKNOWN_AGREEMENT\"",
+        ],
+    );
+    assert_eq!(refused_count, Some(1.0), "{metrics}");
+    assert!(!metrics.contains("no-such-agreement"), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "dccf_delivery_latency_seconds_count",
+            &["partner=\"BR\""]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(sample(&metrics, "dccf_ledger_entries", &[]).is_some_and(|n| n >= 2.0));
+    assert_eq!(sample(&metrics, "dccf_ledger_available", &[]), Some(1.0));
+    let node_cert_secs = sample(
+        &metrics,
+        "dccf_certificate_expiry_seconds",
+        &["certificate=\"node\""],
+    )
+    .expect("node certificate expiry");
+    assert!(node_cert_secs > 300.0 * 86_400.0, "{node_cert_secs}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "dccf_certificate_expiring",
+            &["certificate=\"node\""]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        metrics.contains("# HELP dccf_messages_sent_total"),
+        "described"
+    );
+    assert!(!metrics.contains(marker), "no payload in metrics");
+
+    // Health and reflection on the Gateway listener, with the back-office certificate.
+    let config = &fed.admin("NL").config;
+    let paths = config.identity_paths();
+    let channel =
+        dccf_node::cli::local_channel(config, &paths.gateway_cert(), &paths.gateway_key())
+            .expect("channel");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "dccf.v1.Exchange", "dccf.v1.Gateway", "dccf.v1.Audit"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let unknown = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "dccf.v1.Nothing".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let services = list_services(channel).await;
+    for s in ["dccf.v1.Gateway", "dccf.v1.Audit", "grpc.health.v1.Health"] {
+        assert!(services.iter().any(|x| x == s), "{s} in {services:?}");
+    }
+
+    // SIGTERM: a clean exit, its last words logged as JSON without payload data.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(nl.pid() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = nl.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).expect("log");
+    let mut lines = 0;
+    for line in text.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 2, "JSON log lines: {text}");
+    assert!(!text.contains(marker), "no payload in logs");
+}
+
+/// The services a reflection client lists.
+async fn list_services(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("reflection answer")
+        .expect("one answer");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_peer_over_its_request_limit_is_shed_while_others_are_served() {
+    const LIMIT: usize = 4;
+    let fed = Federation::start(
+        &["NL", "BR", "DE"],
+        dccf_node::demo::PRE_ARRIVAL_AGREEMENT,
+        dccf_node::demo::PRE_ARRIVAL_ID,
+        |c| c.limits.max_requests_per_peer = LIMIT,
+    )
+    .await;
+    // BR opens streams to NL and keeps them open until one is refused: BR's own node may hold
+    // part of the budget (witnessing), so the refusal comes at the LIMIT-th stream at the latest.
+    let mut br = fed.exchange_as("BR", "NL");
+    let mut open = Vec::new();
+    let shed = loop {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        match br
+            .deliver_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(stream) => open.push((tx, stream)),
+            Err(status) => break status,
+        }
+        assert!(open.len() <= LIMIT, "no refusal after {LIMIT} open streams");
+    };
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    assert!(
+        shed.message().contains("BR/node") && shed.message().contains("limit 4"),
+        "{}",
+        shed.message()
+    );
+    // DE, another partner of NL, is served meanwhile.
+    fed.exchange_as("DE", "NL")
+        .get_checkpoint(dccf_node::proto::v1::CheckpointRequest::default())
+        .await
+        .expect("DE is served");
+    // Once BR closes its streams its budget has room again.
+    open.clear();
+    let mut ok = false;
+    for _ in 0..100 {
+        if br
+            .get_checkpoint(dccf_node::proto::v1::CheckpointRequest::default())
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "closed streams free their slots");
+}
+
+#[tokio::test]
+async fn a_peer_over_its_connection_limit_is_disconnected_while_others_connect() {
+    const LIMIT: usize = 3;
+    let fed = Federation::start(
+        &["NL", "BR", "DE"],
+        dccf_node::demo::PRE_ARRIVAL_AGREEMENT,
+        dccf_node::demo::PRE_ARRIVAL_ID,
+        |c| c.limits.max_connections_per_peer = LIMIT,
+    )
+    .await;
+    // Each client is its own connection (a fresh channel each). BR's own node may hold one.
+    let mut held = Vec::new();
+    let refused = loop {
+        let mut c = fed.exchange_as("BR", "NL");
+        match c
+            .get_checkpoint(dccf_node::proto::v1::CheckpointRequest::default())
+            .await
+        {
+            Ok(_) => held.push(c),
+            Err(status) => break status,
+        }
+        assert!(held.len() <= LIMIT, "no refusal after {LIMIT} connections");
+    };
+    assert_eq!(refused.code(), Code::Unknown, "{refused:?}");
+    assert!(
+        format!("{refused:?}").contains("closed connection"),
+        "{refused:?}"
+    );
+    fed.exchange_as("DE", "NL")
+        .get_checkpoint(dccf_node::proto::v1::CheckpointRequest::default())
+        .await
+        .expect("DE connects");
+    // The held connections still work.
+    for c in &mut held {
+        c.get_checkpoint(dccf_node::proto::v1::CheckpointRequest::default())
+            .await
+            .expect("held connection");
+    }
+}
+
+/// Runs the node binary with `args`; returns (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(node_binary())
+        .args(args)
+        .output()
+        .expect("run dccf-node");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn doctor_explains_each_problem_of_a_misconfigured_node_with_a_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fed = Federation::nl_br().await;
+    let nl = fed.admin("NL").config.clone();
+    let config = nl.data_dir.join("node.toml");
+    fed.save_config("NL");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+
+    // Healthy: every check passes, the partner answers with a signed time.
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || cli(&["doctor", "--config", &config])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("partner BR") && out.contains("mutual TLS ok"),
+        "{out}"
+    );
+    assert!(out.contains("BR's clock"), "{out}");
+    assert!(
+        out.contains("agreement nl-br-exchange") && out.contains("in force"),
+        "{out}"
+    );
+    assert!(out.contains("running node: last checkpoint"), "{out}");
+    assert!(out.contains("running and serving"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+
+    // Broken: a key readable by everyone, the partner down.
+    let key = nl.identity_paths().signing_key();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    fed.stop("BR").await;
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || cli(&["doctor", "--config", &config])
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "a broken node fails the check: {out}");
+    assert!(
+        err.contains("doctor: ") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        out.contains("can be read by other users (mode 0644)")
+            && out.contains(&format!("fix: chmod 600 {}", key.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL  partner BR") && out.contains("cannot reach"),
+        "{out}"
+    );
+    assert!(out.contains("check that BR's node is running"), "{out}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // An agreement missing a party's signature: not in force, and who must sign.
+    let sig =
+        dccf_node::agreement::signature_path(&nl.agreements_dir.join("nl-br-exchange.toml"), "BR");
+    std::fs::remove_file(&sig).unwrap();
+    let (ok, out, _) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || cli(&["doctor", "--config", &config])
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "{out}");
+    assert!(out.contains("not signed by BR"), "{out}");
+    assert!(out.contains("ask BR to sign"), "{out}");
+    assert!(out.contains("no agreement in force"), "{out}");
+
+    // A config error names the file and field.
+    std::fs::write(nl.data_dir.join("bad.toml"), "admin = \"NL\"\nlisten = 5\n").unwrap();
+    let bad = nl.data_dir.join("bad.toml");
+    let (ok, out, _) = cli(&["doctor", "--config", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("FAIL  config") && out.contains("listen"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn status_summarises_a_running_node_and_says_when_it_is_not_running() {
+    let mut fed = Federation::nl_br().await;
+    fed.save_config("NL");
+    let config = fed.admin("NL").config.data_dir.join("node.toml");
+    let config = config.to_str().unwrap().to_owned();
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || cli(&["status", "--config", &config])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("NL  dccf-node") && out.contains("SERVING"),
+        "{out}"
+    );
+    assert!(out.contains("nl-br-exchange v1 in force"), "{out}");
+    assert!(out.contains("ledger ") && out.contains("entries"), "{out}");
+    assert!(
+        out.contains("outbox") && out.contains("certificates  node until"),
+        "{out}"
+    );
+    assert!(out.lines().count() <= 24, "one screen: {out}");
+    fed.stop("NL").await;
+    let (ok, _, err) = cli(&["status", "--config", &config]);
+    assert!(!ok);
+    assert!(err.contains("is not running"), "{err}");
+}
+
+/// The certificate `addr` presents in a fresh TLS handshake as `from` would connect.
+async fn presented_cert(fed: &Federation, from: &str, to: &str) -> Vec<u8> {
+    let paths = fed.admin(from).config.identity_paths();
+    let (addr, config) = fed.exchange_tls(&paths.node_cert(), &paths.node_key(), to);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn a_rotated_node_certificate_is_served_without_a_restart_and_old_connections_keep_working() {
+    let mut fed = Federation::nl_br().await;
+    fed.save_config("NL");
+    let nl = fed.admin("NL").config.clone();
+    let config = nl.data_dir.join("node.toml");
+    let before = presented_cert(&fed, "BR", "NL").await;
+    // A connection opened before the rotation.
+    let mut old = fed.exchange_as("BR", "NL");
+    old.get_checkpoint(dccf_node::proto::v1::CheckpointRequest::default())
+        .await
+        .expect("before");
+
+    let (ok, out, err) = cli(&[
+        "cert",
+        "rotate",
+        "--config",
+        config.to_str().unwrap(),
+        "--role",
+        "node",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("rotated the node certificate of NL"), "{out}");
+    let on_disk = dccf_node::server::tls::load_certs(&nl.identity_paths().node_cert()).unwrap();
+    assert_ne!(on_disk[0].to_vec(), before, "a new certificate");
+    assert_eq!(
+        dccf_node::identity::pki::cert_hosts(&on_disk[0]).unwrap(),
+        dccf_node::identity::pki::cert_hosts(&before).unwrap(),
+        "same hosts"
+    );
+
+    // What SIGHUP (or the periodic check) does in `serve`.
+    assert!(
+        fed.node("NL").reload_certificate().expect("reload"),
+        "changed"
+    );
+    assert!(
+        !fed.node("NL").reload_certificate().expect("reload"),
+        "once"
+    );
+    assert_eq!(presented_cert(&fed, "BR", "NL").await, on_disk[0].to_vec());
+    old.get_checkpoint(dccf_node::proto::v1::CheckpointRequest::default())
+        .await
+        .expect("the connection opened before the rotation still works");
+    // Both directions deliver with the new certificate.
+    let decl = dccf_node::samples::pre_arrival_declaration(3).encode_to_vec();
+    fed.gateway("NL")
+        .send(send_request("nl-br-exchange", "BR", DECL, decl))
+        .await
+        .expect("NL → BR after rotation");
+    let alert = dccf_node::samples::risk_alert(3).encode_to_vec();
+    fed.gateway("BR")
+        .send(send_request(
+            "nl-br-exchange",
+            "NL",
+            "dccf.v1.RiskAlert",
+            alert,
+        ))
+        .await
+        .expect("BR → NL after rotation");
+
+    let (ok, out, _) = cli(&["cert", "list", "--config", config.to_str().unwrap()]);
+    assert!(ok);
+    assert!(out.lines().any(|l| l.starts_with("node ")), "{out}");
+    assert!(!out.contains("EXPIRED"), "{out}");
+
+    // A half-rotated pair (certificate without its key) is refused; the current one stays.
+    let paths = nl.identity_paths();
+    std::fs::copy(
+        format!("{}.previous", paths.node_cert().display()),
+        paths.node_cert(),
+    )
+    .unwrap();
+    assert!(
+        fed.node("NL").reload_certificate().is_err(),
+        "mismatched key refused"
+    );
+    assert_eq!(presented_cert(&fed, "BR", "NL").await, on_disk[0].to_vec());
+}

@@ -483,7 +483,7 @@ async fn presented_cert(fed: &Federation, from: &str, to: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_rotated_node_certificate_is_served_without_a_restart_and_old_connections_keep_working() {
-    let mut fed = Federation::nl_br().await;
+    let fed = Federation::nl_br().await;
     fed.save_config("NL");
     let nl = fed.admin("NL").config.clone();
     let config = nl.data_dir.join("node.toml");

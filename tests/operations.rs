@@ -96,9 +96,12 @@ async fn a_served_node_reports_metrics_health_and_reflection_and_stops_on_sigter
 
     // Metrics: counters by partner/agreement/type/reason, latency, gauges, certificate expiry.
     let mut metrics = String::new();
-    for _ in 0..100 {
+    // Gauges refresh every 5 s: wait for one taken after the traffic.
+    for _ in 0..150 {
         metrics = scrape(metrics_addr).await;
-        if metrics.contains("dccf_ledger_entries") && metrics.contains("dccf_outbox_depth") {
+        if sample(&metrics, "dccf_ledger_entries", &[]).is_some_and(|n| n >= 2.0)
+            && metrics.contains("dccf_outbox_depth")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -559,4 +562,107 @@ async fn a_rotated_node_certificate_is_served_without_a_restart_and_old_connecti
         "mismatched key refused"
     );
     assert_eq!(presented_cert(&fed, "BR", "NL").await, on_disk[0].to_vec());
+}
+
+#[tokio::test]
+async fn sigterm_finishes_deliveries_on_the_wire_before_the_process_exits() {
+    use dccf_node::proto::v1::{EntryKind, LedgerEntry};
+    const N: usize = 3000;
+    let mut fed = Federation::start_except(
+        &["NL", "BR"],
+        dccf_node::demo::EXAMPLE_AGREEMENT,
+        "nl-br-exchange",
+        |_| {},
+        &["NL"],
+    )
+    .await;
+    fed.save_config("NL");
+    let log = fed.root.path().join("nl.log");
+    let mut nl = KillOnDrop(fed.spawn_process_logged("NL", &log).await);
+    // Queue N declarations while BR is down, then let BR come back.
+    fed.stop("BR").await;
+    let reqs: Vec<_> = (0..N)
+        .map(|i| {
+            let mut r = send_request(
+                "nl-br-exchange",
+                "BR",
+                DECL,
+                dccf_node::samples::pre_arrival_declaration(i as u64).encode_to_vec(),
+            );
+            r.await_delivery = false;
+            r
+        })
+        .collect();
+    let mut responses = fed
+        .gateway("NL")
+        .send_stream(tokio_stream::iter(reqs))
+        .await
+        .expect("SendStream")
+        .into_inner();
+    let mut queued = 0;
+    while let Some(r) = responses.message().await.expect("response") {
+        assert!(r.rejection.is_none(), "{r:?}");
+        queued += 1;
+    }
+    assert_eq!(queued, N);
+    fed.start_node("BR").await;
+    let received = |fed: &Federation| {
+        all_ledger_entries(fed.node("BR"))
+            .into_iter()
+            .filter(|(_, e)| e.kind() == EntryKind::EnvelopeReceived)
+            .map(|(_, e)| e.message_id)
+            .collect::<Vec<_>>()
+    };
+    // SIGTERM as soon as deliveries are flowing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fed.node("BR").state.store.durable_head().size < 50 {
+        assert!(std::time::Instant::now() < deadline, "no delivery started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(nl.pid() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = nl.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+
+    // Every envelope BR accepted has its receipt in NL's ledger: nothing was cut off mid-air.
+    let at_br = received(&fed);
+    let store = dccf_node::ledger::Store::open(&fed.admin("NL").config.ledger_dir())
+        .expect("NL's ledger after exit");
+    // Single receipts name one message; bulk-mode batch receipts list theirs as items.
+    let receipted: std::collections::HashSet<String> = (0..store.durable_head().size)
+        .map(|i| LedgerEntry::decode(store.entry(i).unwrap().unwrap().as_slice()).unwrap())
+        .filter(|e| e.kind() == EntryKind::ReceiptReceived)
+        .flat_map(|e| {
+            let body = dccf_node::proto::v1::ReceiptBody::decode(
+                e.receipt.expect("receipt").body.as_slice(),
+            )
+            .expect("receipt body");
+            std::iter::once(body.message_id).chain(body.items.into_iter().map(|i| i.message_id))
+        })
+        .collect();
+    let missing: Vec<_> = at_br.iter().filter(|m| !receipted.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} envelopes BR accepted have no receipt at NL",
+        missing.len(),
+        at_br.len()
+    );
+    assert!(
+        at_br.len() < N,
+        "the stop came while deliveries were flowing ({} of {N} delivered)",
+        at_br.len()
+    );
+    println!(
+        "SIGTERM while delivering: {} of {N} accepted by BR, every one receipted at NL",
+        at_br.len()
+    );
 }

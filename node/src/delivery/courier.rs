@@ -37,6 +37,9 @@ const PAGE: usize = 256;
 /// How long an idle partner stream stays open for new messages.
 const IDLE: Duration = Duration::from_secs(2);
 
+/// How long a stopping node waits for answers to envelopes already sent to a partner.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
 /// What became of a delivery attempt, for a waiting `Send`.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -335,9 +338,22 @@ async fn run(
             }
             continue;
         }
-        tokio::select! {
-            () = deliver_run(state, partner, &notify, seq, head) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        let run = deliver_run(state, partner, &notify, seq, head, stop.clone());
+        tokio::pin!(run);
+        let stopping = tokio::select! {
+            () = &mut run => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            // Graceful stop: the feeder sends nothing more; envelopes already on the wire get
+            // their receipts recorded (bounded), so the partner and this ledger agree.
+            if tokio::time::timeout(SHUTDOWN_DRAIN, run).await.is_err() {
+                tracing::warn!(
+                    partner,
+                    "deliveries still unanswered at shutdown; they are retried after restart"
+                );
+            }
+            return;
         }
     }
 }
@@ -367,9 +383,10 @@ async fn deliver_run(
     notify: &Arc<Notify>,
     head_seq: u64,
     head: OutboxRecord,
+    stop: watch::Receiver<bool>,
 ) {
     let in_flight: Arc<Mutex<BTreeMap<u64, InFlight>>> = Default::default();
-    let Err(failure) = stream_run(state, partner, notify, &in_flight).await else {
+    let Err(failure) = stream_run(state, partner, notify, &in_flight, stop).await else {
         return;
     };
     let oldest = in_flight
@@ -396,6 +413,7 @@ async fn stream_run(
     partner: &str,
     notify: &Arc<Notify>,
     in_flight: &Arc<Mutex<BTreeMap<u64, InFlight>>>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), RunFailure> {
     let me = state.admin().to_owned();
     let party = state
@@ -419,6 +437,7 @@ async fn stream_run(
         permits.clone(),
         in_flight.clone(),
         by_id.clone(),
+        stop,
     ));
     let _abort_feeder = AbortOnDrop(feeder);
     let timeout = Duration::from_secs(
@@ -499,7 +518,9 @@ pub(crate) fn status_text(status: &tonic::Status) -> String {
 }
 
 /// Feeds the partner's queue into the stream in order, at most `window` unanswered; closes the
-/// stream when the queue stays empty for [`IDLE`].
+/// stream when the queue stays empty for [`IDLE`], or at shutdown (`stop`): what is on the
+/// wire is then still answered and recorded.
+#[allow(clippy::too_many_arguments)]
 async fn feed(
     state: Arc<NodeState>,
     partner: String,
@@ -508,9 +529,13 @@ async fn feed(
     permits: Arc<Semaphore>,
     in_flight: Arc<Mutex<BTreeMap<u64, InFlight>>>,
     by_id: Arc<Mutex<HashMap<String, u64>>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut after: Option<u64> = None;
     loop {
+        if *stop.borrow() {
+            return;
+        }
         let page = match outbox::page(&state.store, Queue::Queued, &partner, after, PAGE) {
             Ok(p) => p,
             Err(e) => {
@@ -522,6 +547,7 @@ async fn feed(
             tokio::select! {
                 _ = notify.notified() => continue,
                 _ = tokio::time::sleep(IDLE) => return,
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
         for (seq, record) in page {
@@ -537,9 +563,16 @@ async fn feed(
             let Some(envelope) = sent.envelope.clone() else {
                 continue;
             };
-            let Ok(permit) = permits.acquire().await else {
+            let permit = tokio::select! {
+                p = permits.acquire() => p,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let Ok(permit) = permit else {
                 return;
             };
+            if *stop.borrow() {
+                return;
+            }
             permit.forget();
             let digest = crate::envelope::envelope_digest(&envelope);
             sent.envelope = Some(envelope.clone());

@@ -58,6 +58,8 @@ pub mod envelope;
 pub mod identity;
 pub mod ledger;
 pub mod ledger_commands;
+#[cfg(test)]
+mod malformed_tests;
 pub mod outbox_commands;
 pub mod ping;
 pub mod policy;

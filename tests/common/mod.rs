@@ -819,3 +819,85 @@ pub fn bind_std_retry(addr: std::net::SocketAddr) -> std::net::TcpListener {
     }
     panic!("cannot bind {addr}");
 }
+
+/// A gRPC codec that sends raw bytes as the message (anything, not necessarily protobuf) and
+/// decodes `dccf_node::proto::v1::DeliveryResult`s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+pub struct RawEncoder;
+pub struct ResultDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResultDecoder {
+    type Item = dccf_node::proto::v1::DeliveryResult;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<dccf_node::proto::v1::DeliveryResult>, tonic::Status> {
+        dccf_node::proto::v1::DeliveryResult::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = dccf_node::proto::v1::DeliveryResult;
+    type Encoder = RawEncoder;
+    type Decoder = ResultDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResultDecoder {
+        ResultDecoder
+    }
+}
+
+/// Sends `frames` as raw messages on `Exchange.DeliverStream` and returns what came back: the
+/// results, then the final status (`Ok` for a clean end).
+pub async fn raw_deliver_stream(
+    channel: tonic::transport::Channel,
+    frames: Vec<Vec<u8>>,
+) -> (
+    Vec<dccf_node::proto::v1::DeliveryResult>,
+    Result<(), tonic::Status>,
+) {
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    grpc.ready().await.expect("channel ready");
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/dccf.v1.Exchange/DeliverStream");
+    let response = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(frames)),
+            path,
+            RawCodec,
+        )
+        .await;
+    let mut stream = match response {
+        Ok(r) => r.into_inner(),
+        Err(status) => return (Vec::new(), Err(status)),
+    };
+    let mut results = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(r)) => results.push(r),
+            Ok(None) => return (results, Ok(())),
+            Err(status) => return (results, Err(status)),
+        }
+    }
+}

@@ -46,6 +46,8 @@ fn marked_declaration(marker: &str) -> Vec<u8> {
     let mut decl = dccf_node::samples::pre_arrival_declaration(7);
     decl.declaration_reference = marker.to_owned();
     decl.master_transport_document = marker.to_owned();
+    // Arriving in 16 days: the lead time the report should show.
+    decl.eta_ms = dccf_node::envelope::now_ms() + 16 * 86_400_000;
     PreArrivalDeclaration::encode_to_vec(&decl)
 }
 
@@ -665,4 +667,107 @@ async fn sigterm_finishes_deliveries_on_the_wire_before_the_process_exits() {
         "SIGTERM while delivering: {} of {N} accepted by BR, every one receipted at NL",
         at_br.len()
     );
+}
+
+#[tokio::test]
+async fn the_report_summarises_flows_lead_times_and_refusals_running_or_stopped() {
+    let mut fed = Federation::nl_br().await;
+    fed.save_config("BR");
+    let marker = "SECRET-CARGO-MARKER-4242";
+    for _ in 0..3 {
+        fed.gateway("NL")
+            .send(send_request(
+                "nl-br-exchange",
+                "BR",
+                DECL,
+                marked_declaration(marker),
+            ))
+            .await
+            .expect("delivered");
+    }
+    // A refusal at BR: an envelope for a flow the agreement does not have (BR → NL only).
+    let bad = fed.envelope(
+        "NL",
+        "BR",
+        "dccf.v1.AeoStatusResponse",
+        &dccf_node::samples::risk_alert(1).encode_to_vec(),
+        |_| {},
+    );
+    assert!(fed.exchange_as("NL", "BR").deliver(bad).await.is_err());
+    let config = fed.admin("BR").config.data_dir.join("node.toml");
+    let config = config.to_str().unwrap().to_owned();
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap()
+    };
+    let args = |format: &str| {
+        vec![
+            "report".to_owned(),
+            "--config".into(),
+            config.clone(),
+            "--since".into(),
+            today.clone(),
+            "--format".into(),
+            format.into(),
+        ]
+    };
+
+    // Running: through the Audit service.
+    let (ok, table, err) = run(args("table")).await;
+    assert!(ok, "{err}");
+    let line = table
+        .lines()
+        .find(|l| l.contains("PreArrivalDeclaration") && l.contains("received"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.contains(" 3 ") && line.contains("nl-br-exchange") && line.contains("NL"),
+        "{line}"
+    );
+    assert!(line.contains(" d /"), "lead times of about 16 days: {line}");
+    assert!(
+        table.contains("PAYLOAD_INVALID 1"),
+        "the refusal by reason: {table}"
+    );
+    let (ok, csv, _) = run(args("csv")).await;
+    assert!(ok);
+    let row = csv
+        .lines()
+        .find(|l| l.contains("PreArrivalDeclaration") && l.contains("received"))
+        .expect("csv row");
+    let cols: Vec<&str> = row.split(',').collect();
+    assert_eq!(cols[5], "3", "{row}");
+    assert_eq!(cols[12], "3", "three lead times: {row}");
+    let lead_p50: i64 = cols[13].parse().unwrap();
+    assert!(
+        lead_p50 > 15 * 86_400_000 && lead_p50 < 18 * 86_400_000,
+        "{row}"
+    );
+    let svg_path = fed.root.path().join("report.svg");
+    let mut svg_args = args("svg");
+    svg_args.extend(["--out".to_owned(), svg_path.to_str().unwrap().to_owned()]);
+    let (ok, _, err) = run(svg_args).await;
+    assert!(ok, "{err}");
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Pre-arrival lead time"));
+    for out in [&table, &csv, &svg] {
+        assert!(!out.contains(marker), "aggregates only");
+    }
+
+    // Stopped: the same numbers straight from the ledger.
+    fed.stop("BR").await;
+    let (ok, csv_stopped, err) = run(args("csv")).await;
+    assert!(ok, "{err}");
+    assert!(csv_stopped.contains(row), "{csv_stopped}");
+
+    // Bad dates: one line, non-zero exit.
+    let mut bad = args("table");
+    bad[4] = "last tuesday".into();
+    let (ok, _, err) = run(bad).await;
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--since \"last tuesday\""), "{err}");
 }

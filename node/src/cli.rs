@@ -119,6 +119,28 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Effectiveness report: per agreement and flow, message volumes, refusals by reason,
+    /// delivery latency, pre-arrival lead time, and AEO lookups with hit rates (aggregates only).
+    Report {
+        /// Path to node.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Start of the period: YYYY-MM-DD (UTC) or an RFC 3339 date-time.
+        #[arg(long)]
+        since: String,
+        /// End of the period (exclusive; default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this agreement.
+        #[arg(long)]
+        agreement: Option<String>,
+        /// Output: a readable table, CSV, or an SVG chart.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// Write to FILE instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// One-screen summary of the running node.
     Status {
         /// Path to node.toml.
@@ -184,6 +206,17 @@ pub enum AgreementAction {
         /// The agreement file.
         file: PathBuf,
     },
+}
+
+/// Output formats of `report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// A readable table.
+    Table,
+    /// CSV, one row per flow and per AEO lookup kind.
+    Csv,
+    /// An SVG chart.
+    Svg,
 }
 
 /// Errors of the command line layer (all other modules' errors arrive as text).
@@ -348,6 +381,22 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 )));
             }
             Ok(())
+        }
+        Command::Report {
+            config,
+            since,
+            until,
+            agreement,
+            format,
+            out,
+        } => {
+            let text = report(&config, &since, until.as_deref(), agreement, format).await?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|e| err(format!("{}: {e}", path.display())))
+                }
+                None => emit(&text),
+            }
         }
         Command::Status { config } => {
             let config = NodeConfig::load(&config).map_err(err)?;
@@ -538,6 +587,73 @@ async fn serve(config_path: &Path) -> Result<(), CliError> {
     eprintln!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// `dccf-node report`: computed from the ledger directly when the node is stopped, by the
+/// node's Audit service (auditor certificate) when it runs.
+async fn report(
+    config_path: &Path,
+    since: &str,
+    until: Option<&str>,
+    agreement: Option<String>,
+    format: ReportFormat,
+) -> Result<String, CliError> {
+    use crate::report;
+    let since_ms = report::parse_date("--since", since).map_err(err)?;
+    let until_ms = match until {
+        Some(u) => report::parse_date("--until", u).map_err(err)?,
+        None => crate::envelope::now_ms() + 1,
+    };
+    if until_ms <= since_ms {
+        return Err(err(report::ReportError::Period {
+            since: since.to_owned(),
+            until: until.unwrap_or("now").to_owned(),
+        }));
+    }
+    let config = NodeConfig::load(config_path).map_err(err)?;
+    let dir = config.ledger_dir();
+    if !dir.join("db").exists() {
+        return Err(err(format!(
+            "{}: no ledger here (has this node ever run?)",
+            dir.display()
+        )));
+    }
+    let r = match crate::ledger::Store::open_waiting(&dir, std::time::Duration::from_millis(300)) {
+        Ok(store) => {
+            let r = report::compute(
+                &store,
+                &config.admin,
+                since_ms,
+                until_ms,
+                agreement.as_deref(),
+            )
+            .map_err(err)?;
+            store.close().map_err(err)?;
+            r
+        }
+        Err(crate::ledger::LedgerError::Io { source, .. })
+            if source.to_string().contains("in use") =>
+        {
+            let paths = config.identity_paths();
+            let channel = local_channel(&config, &paths.auditor_cert(), &paths.auditor_key())?;
+            crate::proto::v1::audit_client::AuditClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .get_report(crate::proto::v1::ReportRequest {
+                    since_ms,
+                    until_ms,
+                    agreement_id: agreement.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| err(format!("Audit.GetReport: {}", s.message())))?
+                .into_inner()
+        }
+        Err(e) => return Err(err(e)),
+    };
+    match format {
+        ReportFormat::Table => Ok(report::table(&r)),
+        ReportFormat::Csv => Ok(report::csv(&r)),
+        ReportFormat::Svg => report::svg(&r).map_err(err),
+    }
 }
 
 /// A Gateway client for the node configured at `config_path`, using its back-office certificate.

@@ -28,6 +28,8 @@
 //!   services, their TLS, per-peer limits and load shedding, gRPC health and reflection.
 //! - [`telemetry`]: Prometheus metrics (names, labels, the exporter).
 //! - [`state`]: what the services of a running node share.
+//! - [`report`]: the effectiveness report (volumes, refusals, latency, pre-arrival lead time,
+//!   AEO hit rates) as a table, CSV or SVG chart.
 //! - [`doctor`] (diagnosis with a fix per problem), [`status`] (one-screen summary),
 //!   [`cert_commands`] (issue, rotate without downtime, list), [`ping`] (signed time for the
 //!   clock-skew check).
@@ -64,6 +66,7 @@ pub mod outbox_commands;
 pub mod ping;
 pub mod policy;
 pub mod proto;
+pub mod report;
 pub mod samples;
 pub mod server;
 pub mod state;

@@ -171,6 +171,7 @@ pub fn ledger_entry(
                 header.leaf_count
             },
             digest: header.request_digest,
+            found_count: 0,
         }),
         ..Default::default()
     }

@@ -138,6 +138,9 @@ pub async fn from_mirror(
         )));
     };
     state.aeo.feed_status(&request.partner, |f| f.lookups += 1);
+    state
+        .aeo
+        .count_mirror_lookup(&request.partner, hit.is_some());
     metrics::counter!("dccf_aeo_mirror_lookups_total", "partner" => request.partner.clone())
         .increment(1);
     let Some(hit) = hit else {
@@ -284,11 +287,18 @@ pub async fn online(
             registry_version: header.version_to,
         });
     }
-    let entry = super::feed::ledger_entry(
+    let mut entry = super::feed::ledger_entry(
         EntryKind::AeoLookupMade,
         partner,
         &batch,
         format!("{} operators looked up online", answers.len()),
+    );
+    set_found(
+        &mut entry,
+        answers
+            .iter()
+            .filter(|a| a.record.as_ref().is_some_and(found))
+            .count(),
     );
     journal::record(state, &entry).await?;
     Ok(answers)
@@ -385,14 +395,32 @@ pub async fn answer(
         Ok(statement::sign(header, leaves, &key))
     })
     .await?;
-    let entry = super::feed::ledger_entry(
+    let mut entry = super::feed::ledger_entry(
         EntryKind::AeoLookupAnswered,
         partner,
         &batch,
         format!("{} operators looked up", batch.leaves.len()),
     );
+    let hits = batch
+        .leaves
+        .iter()
+        .filter(|l| AeoStatusResponse::decode(l.as_slice()).is_ok_and(|r| found(&r)))
+        .count();
+    set_found(&mut entry, hits);
     journal::record(state, &entry).await?;
     Ok(batch)
+}
+
+/// Whether an answer found an operator (anything but NOT_FOUND).
+fn found(record: &AeoStatusResponse) -> bool {
+    record.status != crate::proto::v1::AeoStatus::NotFound as i32
+}
+
+/// Records in a lookup's ledger entry how many queries found an operator (for the report).
+fn set_found(entry: &mut crate::proto::v1::LedgerEntry, found: usize) {
+    if let Some(aeo) = entry.aeo.as_mut() {
+        aeo.found_count = found as u64;
+    }
 }
 
 /// The mirrors this node keeps (or should keep, per the agreements) and the own registry.

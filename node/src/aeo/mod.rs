@@ -125,6 +125,8 @@ pub struct Aeo {
     /// The feed this node serves each partner: a new subscription supersedes the previous one
     /// (so a partner cannot make this node run many snapshots at once).
     pub serving: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
+    /// Mirror lookups `(lookups, found)` per partner not yet persisted for the report.
+    pub mirror_counts: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
 
 impl Aeo {
@@ -138,7 +140,22 @@ impl Aeo {
             feeds: Mutex::new(HashMap::new()),
             journal_lock: tokio::sync::Mutex::new(()),
             serving: Mutex::new(HashMap::new()),
+            mirror_counts: Mutex::default(),
         })
+    }
+
+    /// Counts one mirror lookup of `partner`'s registry (for the report; persisted by
+    /// [`crate::report::persist_mirror_counts`]).
+    pub fn count_mirror_lookup(&self, partner: &str, found: bool) {
+        let mut counts = self.mirror_counts.lock().unwrap_or_else(|e| e.into_inner());
+        let c = counts.entry(partner.to_owned()).or_default();
+        c.0 += 1;
+        c.1 += u64::from(found);
+    }
+
+    /// Takes the mirror lookup counts `(lookups, found)` per partner since the last call.
+    pub fn take_mirror_counts(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
+        std::mem::take(&mut *self.mirror_counts.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Updates the status of `partner`'s feed.

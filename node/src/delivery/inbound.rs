@@ -188,6 +188,13 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
                             &accepted.header.sender,
                         ),
                     );
+                    crate::report::stage_lead_time(
+                        &mut txn,
+                        index,
+                        &accepted.header.message_type,
+                        &accepted.payload,
+                        received_at_ms,
+                    );
                     Slot::Accepted {
                         accepted,
                         digest: *digest,

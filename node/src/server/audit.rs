@@ -192,6 +192,35 @@ impl Audit for AuditService {
             .map(Response::new)
             .map_err(internal)
     }
+
+    async fn get_report(
+        &self,
+        request: Request<crate::proto::v1::ReportRequest>,
+    ) -> Result<Response<crate::proto::v1::EffectivenessReport>, Status> {
+        require_role(&request, Role::Auditor)?;
+        let req = request.into_inner();
+        let until = if req.until_ms == 0 {
+            crate::envelope::now_ms() + 1
+        } else {
+            req.until_ms
+        };
+        if until <= req.since_ms {
+            return Err(Status::invalid_argument("until_ms must be after since_ms"));
+        }
+        // Bring the mirror lookup counts up to date first, then read off the async threads.
+        crate::report::persist_mirror_counts(&self.state)
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let agreement = (!req.agreement_id.is_empty()).then_some(req.agreement_id.as_str());
+            crate::report::compute(&state.store, state.admin(), req.since_ms, until, agreement)
+        })
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map(Response::new)
+        .map_err(|e| internal(e.to_string()))
+    }
 }
 
 /// The ledger status shown by `ledger status` and `Audit.GetStatus`.

@@ -323,8 +323,8 @@ pub async fn start_on(
             Ok(())
         })
     };
-    // Gauges (queue depths, ledger size, certificate expiry) for the metrics listener, and
-    // the hourly log warning about certificates close to expiry.
+    // Gauges (queue depths, ledger size, certificate expiry) for the metrics listener, the
+    // hourly log warning about certificates close to expiry, and the report's AEO counts.
     let gauges_task = {
         let state = state.clone();
         spawn_periodic(
@@ -334,6 +334,9 @@ pub async fn start_on(
             move || {
                 let state = state.clone();
                 async move {
+                    if let Err(e) = crate::report::persist_mirror_counts(&state).await {
+                        tracing::warn!(error = %e, "AEO mirror lookup counts not recorded");
+                    }
                     let _ = tokio::task::spawn_blocking(move || {
                         crate::telemetry::refresh_gauges(&state)
                     })

@@ -147,6 +147,41 @@ fn short(bytes: &[u8]) -> String {
 /// The auditor's view: fresh signed checkpoints, one witnessing round (partners check
 /// consistency and cosign), offline export + verify of NL's and BR's ledgers, a reconciliation
 /// of the two, and a stand-alone inclusion proof.
+/// Section 7: what an operator and a programme manager see: `doctor` on NL (partners reached
+/// over mutual TLS, clocks compared through signed pings, the ledger checked against its last
+/// checkpoint) and BR's effectiveness report.
+async fn operations(nodes: &[DemoNode]) -> Result<(), DemoError> {
+    println!("\n7. Operations: `dccf-node doctor` on NL, `dccf-node report` of BR");
+    let nl = &nodes[0];
+    let findings = crate::doctor::run(&nl.config.data_dir.join("node.toml")).await;
+    for f in findings.iter().filter(|f| {
+        f.check.starts_with("partner")
+            || f.check == "ledger"
+            || f.level >= crate::doctor::Level::Warn
+    }) {
+        println!("   {:?}  {:<14} {}", f.level, f.check, f.what);
+    }
+    let fails = findings
+        .iter()
+        .filter(|f| f.level == crate::doctor::Level::Fail)
+        .count();
+    println!("   doctor: {} checks, {fails} failure(s)", findings.len());
+    let br = nodes
+        .iter()
+        .find(|n| n.config.admin == "BR")
+        .ok_or_else(|| fail("no BR"))?;
+    let now = crate::envelope::now_ms();
+    crate::report::persist_mirror_counts(&br.node.state)
+        .await
+        .map_err(fail)?;
+    let report = crate::report::compute(&br.node.state.store, "BR", now - 3_600_000, now + 1, None)
+        .map_err(fail)?;
+    for line in crate::report::table(&report).lines() {
+        println!("   {line}");
+    }
+    Ok(())
+}
+
 async fn audit(nodes: &[DemoNode], root: &Path) -> Result<(), DemoError> {
     use crate::ledger::export;
     println!(
@@ -480,6 +515,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
     }
 
     audit(&nodes, &root).await?;
+    operations(&nodes).await?;
 
     if keep {
         println!("\nNodes keep running. Try (from the repository root):");

@@ -198,20 +198,7 @@ async fn a_served_node_reports_metrics_health_and_reflection_and_stops_on_sigter
     }
 
     // SIGTERM: a clean exit, its last words logged as JSON without payload data.
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(nl.pid() as i32, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = nl.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}");
+    nl.stop(Duration::from_secs(30)).await;
     let text = std::fs::read_to_string(&log).expect("log");
     let mut lines = 0;
     for line in text.lines().filter(|l| l.starts_with('{')) {
@@ -348,6 +335,14 @@ async fn a_peer_over_its_connection_limit_is_disconnected_while_others_connect()
     }
 }
 
+/// [`cli`] off the test's async threads (the command may talk to in-process nodes).
+async fn cli_async(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .unwrap()
+}
+
 /// Runs the node binary with `args`; returns (success, stdout, stderr).
 fn cli(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(node_binary())
@@ -371,12 +366,7 @@ async fn doctor_explains_each_problem_of_a_misconfigured_node_with_a_fix() {
     let config = config.to_str().expect("utf-8 path").to_owned();
 
     // Healthy: every check passes, the partner answers with a signed time.
-    let (ok, out, err) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || cli(&["doctor", "--config", &config])
-    })
-    .await
-    .unwrap();
+    let (ok, out, err) = cli_async(&["doctor", "--config", &config]).await;
     assert!(ok, "{out}\n{err}");
     assert!(
         out.contains("partner BR") && out.contains("mutual TLS ok"),
@@ -395,12 +385,7 @@ async fn doctor_explains_each_problem_of_a_misconfigured_node_with_a_fix() {
     let key = nl.identity_paths().signing_key();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     fed.stop("BR").await;
-    let (ok, out, err) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || cli(&["doctor", "--config", &config])
-    })
-    .await
-    .unwrap();
+    let (ok, out, err) = cli_async(&["doctor", "--config", &config]).await;
     assert!(!ok, "a broken node fails the check: {out}");
     assert!(
         err.contains("doctor: ") && err.lines().count() == 1,
@@ -422,12 +407,7 @@ async fn doctor_explains_each_problem_of_a_misconfigured_node_with_a_fix() {
     let sig =
         dccf_node::agreement::signature_path(&nl.agreements_dir.join("nl-br-exchange.toml"), "BR");
     std::fs::remove_file(&sig).unwrap();
-    let (ok, out, _) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || cli(&["doctor", "--config", &config])
-    })
-    .await
-    .unwrap();
+    let (ok, out, _) = cli_async(&["doctor", "--config", &config]).await;
     assert!(!ok, "{out}");
     assert!(out.contains("not signed by BR"), "{out}");
     assert!(out.contains("ask BR to sign"), "{out}");
@@ -450,12 +430,7 @@ async fn status_summarises_a_running_node_and_says_when_it_is_not_running() {
     fed.save_config("NL");
     let config = fed.admin("NL").config.data_dir.join("node.toml");
     let config = config.to_str().unwrap().to_owned();
-    let (ok, out, err) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || cli(&["status", "--config", &config])
-    })
-    .await
-    .unwrap();
+    let (ok, out, err) = cli_async(&["status", "--config", &config]).await;
     assert!(ok, "{err}");
     assert!(
         out.starts_with("NL  dccf-node") && out.contains("SERVING"),
@@ -621,19 +596,7 @@ async fn sigterm_finishes_deliveries_on_the_wire_before_the_process_exits() {
         assert!(std::time::Instant::now() < deadline, "no delivery started");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(nl.pid() as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(s) = nl.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "{status}");
+    nl.stop(Duration::from_secs(60)).await;
 
     // Every envelope BR accepted has its receipt in NL's ledger: nothing was cut off mid-air.
     let at_br = received(&fed);
@@ -698,11 +661,7 @@ async fn the_report_summarises_flows_lead_times_and_refusals_running_or_stopped(
     let config = config.to_str().unwrap().to_owned();
     let today = time::OffsetDateTime::now_utc().date().to_string();
     let run = |args: Vec<String>| async move {
-        tokio::task::spawn_blocking(move || {
-            cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        })
-        .await
-        .unwrap()
+        cli_async(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
     };
     let args = |format: &str| {
         vec![

@@ -44,6 +44,16 @@ pub const PRE_ARRIVAL_ID: &str = "pre-arrival-nl-br-de";
 #[error("demo: {0}")]
 pub struct DemoError(String);
 
+/// A synthetic declaration made now, the ship due in 16 days or so (the samples have fixed
+/// dates; the report's lead times should look like a live exchange's).
+fn declaration(seq: u64) -> crate::proto::v1::PreArrivalDeclaration {
+    let mut decl = crate::samples::pre_arrival_declaration(seq);
+    let shift = crate::envelope::now_ms() - decl.created_at_ms;
+    decl.created_at_ms += shift;
+    decl.eta_ms += shift;
+    decl
+}
+
 fn fail(e: impl std::fmt::Display) -> DemoError {
     DemoError(crate::config::one_line(&e.to_string()))
 }
@@ -338,7 +348,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
     // 1. Pre-arrival declarations NL → BR and NL → DE under the multilateral agreement.
     println!("1. Pre-arrival declarations under {PRE_ARRIVAL_ID}");
     for (to, gw, seq) in [("BR", &mut br_gw, 1), ("DE", &mut de_gw, 2)] {
-        let decl = crate::samples::pre_arrival_declaration(seq);
+        let decl = declaration(seq);
         let sent = nl_gw
             .send(request(
                 PRE_ARRIVAL_ID,
@@ -378,7 +388,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Result<(), DemoError> {
     }
 
     // 2. AEO status lookup BR → NL under the bilateral MRA, with a refusal on the sender side.
-    let decl = crate::samples::pre_arrival_declaration(1);
+    let decl = declaration(1);
     let operator = decl
         .consignor
         .as_ref()
@@ -711,7 +721,7 @@ async fn delivery(
                 PRE_ARRIVAL_ID,
                 "BR",
                 "dccf.v1.PreArrivalDeclaration",
-                crate::samples::pre_arrival_declaration(100 + seq).encode_to_vec(),
+                declaration(100 + seq).encode_to_vec(),
                 "",
             )
         })
@@ -781,7 +791,7 @@ async fn delivery(
                 PRE_ARRIVAL_ID,
                 "DE",
                 "dccf.v1.PreArrivalDeclaration",
-                crate::samples::pre_arrival_declaration(7).encode_to_vec(),
+                declaration(7).encode_to_vec(),
                 "",
             )
         })
@@ -934,14 +944,9 @@ pub fn sample_send_json() -> String {
     let desc = crate::proto::descriptor_pool()
         .get_message_by_name("dccf.v1.PreArrivalDeclaration")
         .map(|d| {
-            prost_reflect::DynamicMessage::decode(
-                d,
-                crate::samples::pre_arrival_declaration(7)
-                    .encode_to_vec()
-                    .as_slice(),
-            )
-            .ok()
-            .and_then(|m| serde_json::to_value(&m).ok())
+            prost_reflect::DynamicMessage::decode(d, declaration(7).encode_to_vec().as_slice())
+                .ok()
+                .and_then(|m| serde_json::to_value(&m).ok())
         })
         .unwrap_or(None)
         .unwrap_or(serde_json::Value::Null);

@@ -173,6 +173,16 @@ struct Sent {
     queued_at_ms: i64,
 }
 
+/// Counts one refusal for `reason` in the flow `key`.
+fn refused(flows: &mut BTreeMap<FlowKey, Flow>, key: FlowKey, reason: i32) {
+    *flows
+        .entry(key)
+        .or_default()
+        .rejections
+        .entry(reason_name(reason))
+        .or_default() += 1;
+}
+
 fn reason_name(reason: i32) -> String {
     RejectReason::try_from(reason)
         .map(|r| {
@@ -247,12 +257,7 @@ pub fn compute(
             }
             EntryKind::DeliveryDeadLettered => {
                 if let Some(s) = sent.remove(&e.message_id) {
-                    *flows
-                        .entry(s.key)
-                        .or_default()
-                        .rejections
-                        .entry(reason_name(e.reason))
-                        .or_default() += 1;
+                    refused(&mut flows, s.key, e.reason);
                 }
             }
             EntryKind::SendRefused => {
@@ -266,12 +271,7 @@ pub fn compute(
                     "sent",
                     e.peer.clone(),
                 );
-                *flows
-                    .entry(key)
-                    .or_default()
-                    .rejections
-                    .entry(reason_name(e.reason))
-                    .or_default() += 1;
+                refused(&mut flows, key, e.reason);
             }
             EntryKind::EnvelopeReceived => {
                 let h = header();
@@ -304,12 +304,11 @@ pub fn compute(
                 } else {
                     h.message_type
                 };
-                *flows
-                    .entry((id, mtype, "received", e.peer.clone()))
-                    .or_default()
-                    .rejections
-                    .entry(reason_name(e.reason))
-                    .or_default() += 1;
+                refused(
+                    &mut flows,
+                    (id, mtype, "received", e.peer.clone()),
+                    e.reason,
+                );
             }
             kind @ (EntryKind::AeoLookupMade | EntryKind::AeoLookupAnswered) => {
                 if !wanted(&e.agreement_id) {
@@ -416,6 +415,14 @@ fn rejections_text(r: &std::collections::HashMap<String, u64>) -> String {
     }
 }
 
+/// One line of the table.
+fn row(c: [&str; 9]) -> String {
+    format!(
+        "{:<22} {:<30} {:<9} {:<7} {:>8} {:>9}  {:<28} {:<28} {}\n",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+    )
+}
+
 /// The report as a readable table.
 pub fn table(r: &EffectivenessReport) -> String {
     let mut out = format!(
@@ -429,8 +436,7 @@ pub fn table(r: &EffectivenessReport) -> String {
             format!(", agreement {}", r.agreement_id)
         }
     );
-    out.push_str(&format!(
-        "{:<22} {:<30} {:<9} {:<7} {:>8} {:>9}  {:<28} {:<28} refused\n",
+    out.push_str(&row([
         "agreement",
         "flow",
         "direction",
@@ -438,25 +444,26 @@ pub fn table(r: &EffectivenessReport) -> String {
         "messages",
         "delivered",
         "latency p50 / p90 / p99",
-        "lead time p50 / p90 / p99"
-    ));
+        "lead time p50 / p90 / p99",
+        "refused",
+    ]));
     for f in &r.flows {
-        out.push_str(&format!(
-            "{:<22} {:<30} {:<9} {:<7} {:>8} {:>9}  {:<28} {:<28} {}\n",
-            f.agreement_id,
+        let delivered = if f.direction == "sent" {
+            f.delivered.to_string()
+        } else {
+            "-".to_owned()
+        };
+        out.push_str(&row([
+            &f.agreement_id,
             f.message_type.trim_start_matches("dccf.v1."),
-            f.direction,
-            f.partner,
-            f.messages,
-            if f.direction == "sent" {
-                f.delivered.to_string()
-            } else {
-                "-".to_owned()
-            },
-            pct(&f.latency_ms),
-            pct(&f.lead_time_ms),
-            rejections_text(&f.rejections)
-        ));
+            &f.direction,
+            &f.partner,
+            &f.messages.to_string(),
+            &delivered,
+            &pct(&f.latency_ms),
+            &pct(&f.lead_time_ms),
+            &rejections_text(&f.rejections),
+        ]));
     }
     if r.flows.is_empty() {
         out.push_str("(no messages in this period)\n");

@@ -184,24 +184,18 @@ pub async fn status(config: &NodeConfig) -> Result<String, StatusError> {
     }
     lines.push(format!("aeo           {aeo_text}"));
     let warn_days = config.observability.cert_warning_days as i64;
-    let certs: Vec<String> = [
-        ("node", paths.node_cert()),
-        ("gateway", paths.gateway_cert()),
-        ("auditor", paths.auditor_cert()),
-        ("CA", paths.ca_cert()),
-    ]
-    .into_iter()
-    .filter_map(|(name, path)| {
-        let der = crate::server::tls::load_certs(&path).ok()?;
-        let not_after = crate::identity::pki::cert_not_after(&der[0]).ok()?;
-        let days = (not_after - time::OffsetDateTime::now_utc()).whole_days();
-        Some(format!(
-            "{name} until {} ({days} d{})",
-            not_after.date(),
-            if days < warn_days { ", ROTATE" } else { "" }
-        ))
-    })
-    .collect();
+    let now = time::OffsetDateTime::now_utc();
+    let certs: Vec<String> = crate::telemetry::certificate_expiry(&paths)
+        .into_iter()
+        .map(|(name, not_after)| {
+            let days = (not_after - now).whole_days();
+            format!(
+                "{name} until {} ({days} d{})",
+                not_after.date(),
+                if days < warn_days { ", ROTATE" } else { "" }
+            )
+        })
+        .collect();
     lines.push(format!("certificates  {}", certs.join("; ")));
     Ok(lines.join("\n"))
 }

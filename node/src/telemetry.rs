@@ -246,11 +246,11 @@ pub fn checkpoint_signed() {
     CHECKPOINT_SIGNED_AT_MS.store(crate::envelope::now_ms(), Ordering::Relaxed);
 }
 
-/// Seconds until each of the node's certificates expires: `(name, seconds)`; unreadable
-/// certificates are left out (the node would not have started without them).
-pub fn certificate_expiry(state: &NodeState) -> Vec<(&'static str, i64)> {
-    let paths = state.config.identity_paths();
-    let now = time::OffsetDateTime::now_utc();
+/// When each of the node's certificates expires: `(name, not after)` for node, ca, gateway and
+/// auditor; unreadable certificates are left out (`doctor` names them).
+pub fn certificate_expiry(
+    paths: &crate::identity::IdentityPaths,
+) -> Vec<(&'static str, time::OffsetDateTime)> {
     [
         ("node", paths.node_cert()),
         ("ca", paths.ca_cert()),
@@ -261,7 +261,7 @@ pub fn certificate_expiry(state: &NodeState) -> Vec<(&'static str, i64)> {
     .filter_map(|(name, path)| {
         let certs = crate::server::tls::load_certs(&path).ok()?;
         let not_after = crate::identity::pki::cert_not_after(certs.first()?).ok()?;
-        Some((name, (not_after - now).whole_seconds()))
+        Some((name, not_after))
     })
     .collect()
 }
@@ -300,7 +300,9 @@ pub fn refresh_gauges(state: &Arc<NodeState>) {
     let now = crate::envelope::now_ms();
     let log = now - CERT_WARNED_AT_MS.load(Ordering::Relaxed) >= 3_600_000;
     let mut logged = false;
-    for (name, secs) in certificate_expiry(state) {
+    let now_utc = time::OffsetDateTime::now_utc();
+    for (name, not_after) in certificate_expiry(&state.config.identity_paths()) {
+        let secs = (not_after - now_utc).whole_seconds();
         gauge!("dccf_certificate_expiry_seconds", "certificate" => name).set(secs as f64);
         let expiring = secs < warn_secs;
         gauge!("dccf_certificate_expiring", "certificate" => name)

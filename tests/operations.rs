@@ -335,27 +335,6 @@ async fn a_peer_over_its_connection_limit_is_disconnected_while_others_connect()
     }
 }
 
-/// [`cli`] off the test's async threads (the command may talk to in-process nodes).
-async fn cli_async(args: &[&str]) -> (bool, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
-        .await
-        .unwrap()
-}
-
-/// Runs the node binary with `args`; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(node_binary())
-        .args(args)
-        .output()
-        .expect("run dccf-node");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn doctor_explains_each_problem_of_a_misconfigured_node_with_a_fix() {
     use std::os::unix::fs::PermissionsExt;
@@ -422,6 +401,236 @@ async fn doctor_explains_each_problem_of_a_misconfigured_node_with_a_fix() {
         out.contains("FAIL  config") && out.contains("listen"),
         "{out}"
     );
+}
+
+/// The files' contents, to put back with [`restore`].
+fn keep(files: &[std::path::PathBuf]) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    files
+        .iter()
+        .map(|f| (f.clone(), std::fs::read(f).expect("read")))
+        .collect()
+}
+
+/// Writes back what [`keep`] read (the files keep their mode).
+fn restore(kept: &[(std::path::PathBuf, Vec<u8>)]) {
+    for (f, bytes) in kept {
+        std::fs::write(f, bytes).expect("restore");
+    }
+}
+
+/// Exactly one finding of `level` for `check`, containing every one of `needles`.
+fn assert_finding(out: &str, level: &str, check: &str, needles: &[&str]) {
+    let found = findings(out, level, check);
+    assert_eq!(found.len(), 1, "one {level} {check}: {out}");
+    for n in needles {
+        assert!(
+            found[0].contains(n),
+            "{level} {check} mentions {n:?}: {out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn doctor_names_certificate_card_and_port_problems_with_the_fix_for_each() {
+    use dccf_node::identity::pki::Role;
+    let mut fed = Federation::nl_br().await;
+    let nl = fed.admin("NL").config.clone();
+    let paths = nl.identity_paths();
+    fed.save_config("NL");
+    let config = nl.data_dir.join("node.toml");
+    let config = config.to_str().unwrap().to_owned();
+    let spare = tempfile::tempdir().unwrap();
+    let other = stranger(spare.path(), "NL");
+    let (ok, out) = fed.doctor("NL").await;
+    assert!(ok, "{out}");
+    assert_finding(
+        &out,
+        "ok",
+        "own party card",
+        &[
+            "signing key, HPKE key and CA",
+            "valid for https://127.0.0.1:",
+        ],
+    );
+
+    // A certificate close to its expiry: a warning with the command that renews it.
+    let kept = keep(&[paths.auditor_cert(), paths.auditor_key()]);
+    let (ok, _, err) = cli_async(&[
+        "cert", "rotate", "--config", &config, "--role", "auditor", "--days", "10",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out) = fed.doctor("NL").await;
+    assert!(ok, "a warning alone fails nothing: {out}");
+    assert_finding(
+        &out,
+        "WARN",
+        "auditor certificate",
+        &[
+            "expires in ",
+            " day(s)",
+            "fix: dccf-node cert rotate --config <node.toml> --role auditor",
+        ],
+    );
+    restore(&kept);
+
+    // An expired back-office certificate: named, and why the node's health check fails.
+    let kept = keep(&[paths.gateway_cert(), paths.gateway_key()]);
+    let now = time::OffsetDateTime::now_utc();
+    let (cert, key) = issue_cert(
+        &fed,
+        "NL",
+        Role::Gateway,
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+        spare.path(),
+    );
+    std::fs::copy(&cert, paths.gateway_cert()).unwrap();
+    std::fs::copy(&key, paths.gateway_key()).unwrap();
+    let (ok, out) = fed.doctor("NL").await;
+    assert!(!ok, "{out}");
+    assert_finding(
+        &out,
+        "FAIL",
+        "gateway certificate",
+        &[
+            "expired on",
+            "fix: dccf-node cert rotate --config <node.toml> --role gateway",
+        ],
+    );
+    assert_finding(
+        &out,
+        "FAIL",
+        "node",
+        &[
+            "health check over mutual TLS failed",
+            "refused the gateway client certificate",
+        ],
+    );
+    restore(&kept);
+
+    // A node certificate from another CA: named, and the partner's refusal explained.
+    let kept = keep(&[paths.node_cert(), paths.node_key()]);
+    std::fs::copy(other.node_cert(), paths.node_cert()).unwrap();
+    std::fs::copy(other.node_key(), paths.node_key()).unwrap();
+    let (ok, out) = fed.doctor("NL").await;
+    assert!(!ok, "{out}");
+    assert_finding(
+        &out,
+        "FAIL",
+        "node certificate",
+        &["is not issued by this node's CA", "--role node"],
+    );
+    assert_finding(
+        &out,
+        "FAIL",
+        "partner BR",
+        &[
+            "closed the connection in the TLS handshake",
+            "refused this node's certificate",
+        ],
+    );
+    restore(&kept);
+
+    // A node certificate that does not name the host partners dial: the exact command.
+    let (ok, _, err) = cli_async(&[
+        "cert",
+        "rotate",
+        "--config",
+        &config,
+        "--role",
+        "node",
+        "--host",
+        "nl.customs.invalid",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out) = fed.doctor("NL").await;
+    assert!(!ok, "{out}");
+    assert_finding(
+        &out,
+        "FAIL",
+        "node certificate",
+        &[
+            "is not valid for 127.0.0.1, the host partners dial",
+            "it names nl.customs.invalid",
+            "fix: dccf-node cert rotate --config <node.toml> --role node --host 127.0.0.1",
+        ],
+    );
+    let (ok, _, err) = cli_async(&[
+        "cert",
+        "rotate",
+        "--config",
+        &config,
+        "--role",
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--host",
+        "localhost",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let (_, out) = fed.doctor("NL").await;
+    assert!(
+        findings(&out, "FAIL", "node certificate").is_empty(),
+        "{out}"
+    );
+    let (ok, _, err) = cli_async(&[
+        "cert",
+        "rotate",
+        "--config",
+        &config,
+        "--role",
+        "gateway",
+        "--host",
+        "x.example",
+    ])
+    .await;
+    assert!(
+        !ok && err.contains("--host") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    // Keys that are not the ones the agreement names (another backup, a second init).
+    let kept = keep(&[paths.signing_key(), paths.hpke_key()]);
+    std::fs::copy(other.signing_key(), paths.signing_key()).unwrap();
+    std::fs::copy(other.hpke_key(), paths.hpke_key()).unwrap();
+    let (ok, out) = fed.doctor("NL").await;
+    assert!(!ok, "{out}");
+    assert_finding(
+        &out,
+        "FAIL",
+        "own party card",
+        &[
+            "agreement nl-br-exchange v1 lists NL with keys this node does not have",
+            "signing key",
+            "HPKE key",
+            "restore the matching keys/",
+        ],
+    );
+    restore(&kept);
+
+    // A stopped node whose port another program holds: it could not start.
+    fed.stop("NL").await;
+    let holder = std::net::TcpListener::bind(nl.listen).expect("take NL's port");
+    let (ok, out) = fed.doctor("NL").await;
+    assert!(!ok, "{out}");
+    assert_finding(&out, "info", "node", &["not running"]);
+    assert_finding(
+        &out,
+        "FAIL",
+        "listen addresses",
+        &[
+            &format!("listen {} is in use by another program", nl.listen),
+            "ss -ltnp",
+        ],
+    );
+    drop(holder);
+    let (ok, out) = fed.doctor("NL").await;
+    assert!(ok, "{out}");
+    assert_finding(&out, "ok", "listen addresses", &["free"]);
+    assert_finding(&out, "ok", "ledger", &["checkpoint"]);
 }
 
 #[tokio::test]
@@ -630,6 +839,60 @@ async fn sigterm_finishes_deliveries_on_the_wire_before_the_process_exits() {
         "SIGTERM while delivering: {} of {N} accepted by BR, every one receipted at NL",
         at_br.len()
     );
+}
+
+#[tokio::test]
+async fn a_stopped_node_ends_the_aeo_feeds_partners_follow_and_releases_its_ledger() {
+    use dccf_node::proto::v1::{ImportAeoRequest, ListAeoMirrorsRequest};
+    let mut fed = Federation::start(
+        &["NL", "BR"],
+        dccf_node::demo::MRA_AGREEMENT,
+        "nl-br-aeo-mra",
+        |c| {
+            c.aeo.heartbeat_secs = 1;
+            c.aeo.reconnect_initial_ms = 50;
+        },
+    )
+    .await;
+    let registry: Vec<_> = dccf_node::aeo::generate::generate("NL", 10, 1).collect();
+    let mut csv = Vec::new();
+    dccf_node::aeo::import::write(dccf_node::aeo::import::Format::Csv, &registry, &mut csv)
+        .unwrap();
+    fed.gateway("NL")
+        .import_aeo_registry(tokio_stream::iter(vec![ImportAeoRequest {
+            format: "csv".into(),
+            data: csv,
+        }]))
+        .await
+        .expect("import");
+    // BR mirrors NL: its feed is a server stream NL serves for as long as BR follows.
+    let mut br = fed.gateway("BR");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mirrors = br
+            .list_aeo_mirrors(ListAeoMirrorsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .mirrors;
+        if mirrors
+            .iter()
+            .any(|m| m.partner == "NL" && m.connected && m.records == 10)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "BR never mirrored NL: {mirrors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The stop ends that feed (BR resubscribes later) instead of waiting it out, and nothing
+    // of the stopped node lives on: its ledger can be opened at once.
+    let dir = fed.admin("NL").config.ledger_dir();
+    fed.stop("NL").await;
+    dccf_node::ledger::Store::open_waiting(&dir, Duration::ZERO)
+        .expect("the stopped node released its ledger");
 }
 
 #[tokio::test]

@@ -28,6 +28,9 @@ pub enum CertAction {
         /// Output prefix: writes PREFIX.pem (certificate) and PREFIX.key (0600).
         #[arg(long)]
         out: PathBuf,
+        /// Validity in days (1 to 397; default 397), e.g. shorter for a temporary auditor.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=MAX_DAYS))]
+        days: Option<u16>,
     },
     /// Replace the node's own node, gateway or auditor certificate with a fresh key and
     /// certificate (same names and hosts); the running node switches without downtime.
@@ -38,6 +41,14 @@ pub enum CertAction {
         /// Which certificate: node, gateway or auditor.
         #[arg(long)]
         role: Role,
+        /// Validity in days (1 to 397; default 397).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=MAX_DAYS))]
+        days: Option<u16>,
+        /// Host name or IP address the new node certificate is valid for (repeat for several;
+        /// default: those of the current certificate). Must include the host of this node's
+        /// endpoint in the agreements, which partners dial.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
     },
     /// List the node's certificates: role, validity, days left.
     List {
@@ -46,6 +57,9 @@ pub enum CertAction {
         config: PathBuf,
     },
 }
+
+/// Longest validity `--days` accepts: the default, 397 days (the public-web ceiling).
+const MAX_DAYS: i64 = 397;
 
 /// Errors of these commands: one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +83,12 @@ fn files(config: &NodeConfig, role: Role) -> (PathBuf, PathBuf) {
 /// Runs a cert command; returns what to print.
 pub fn run(action: CertAction) -> Result<String, CertCommandError> {
     match action {
-        CertAction::Issue { config, role, out } => {
+        CertAction::Issue {
+            config,
+            role,
+            out,
+            days,
+        } => {
             let config = NodeConfig::load(&config).map_err(err)?;
             if role == Role::Node {
                 return Err(err(
@@ -78,7 +97,7 @@ pub fn run(action: CertAction) -> Result<String, CertCommandError> {
             }
             let ca = load_ca(&config)?;
             let issued = ca
-                .issue(&CertRequest::new(config.admin.clone(), role, Vec::new()))
+                .issue(&request(&config, role, Vec::new(), days))
                 .map_err(err)?;
             let cert = out.with_extension("pem");
             let key = out.with_extension("key");
@@ -90,9 +109,19 @@ pub fn run(action: CertAction) -> Result<String, CertCommandError> {
                 key.display()
             ))
         }
-        CertAction::Rotate { config, role } => {
+        CertAction::Rotate {
+            config,
+            role,
+            days,
+            hosts,
+        } => {
             let config = NodeConfig::load(&config).map_err(err)?;
-            rotate(&config, role)
+            if role != Role::Node && !hosts.is_empty() {
+                return Err(err(format!(
+                    "--host: only a node certificate names hosts; a {role} certificate is a client certificate"
+                )));
+            }
+            rotate_with(&config, role, days, hosts)
         }
         CertAction::List { config } => {
             let config = NodeConfig::load(&config).map_err(err)?;
@@ -106,21 +135,41 @@ fn load_ca(config: &NodeConfig) -> Result<CertificateAuthority, CertCommandError
     CertificateAuthority::load(&paths.ca_cert(), &paths.ca_key()).map_err(err)
 }
 
-/// Issues a fresh key and certificate for `role` and moves them into place.
+/// A certificate request of `role` for this administration, valid `days` (default 397).
+fn request(config: &NodeConfig, role: Role, hosts: Vec<String>, days: Option<u16>) -> CertRequest {
+    let mut req = CertRequest::new(config.admin.clone(), role, hosts);
+    if let Some(days) = days {
+        req.not_after =
+            req.not_before + time::Duration::hours(1) + time::Duration::days(days.into());
+    }
+    req
+}
+
+/// Issues a fresh key and certificate for `role` (same hosts, 397 days) and moves them into
+/// place.
 pub fn rotate(config: &NodeConfig, role: Role) -> Result<String, CertCommandError> {
+    rotate_with(config, role, None, Vec::new())
+}
+
+/// [`rotate`] with a validity of `days` and, for the node certificate, `hosts` (empty: keep
+/// the current certificate's hosts).
+pub fn rotate_with(
+    config: &NodeConfig,
+    role: Role,
+    days: Option<u16>,
+    hosts: Vec<String>,
+) -> Result<String, CertCommandError> {
     let ca = load_ca(config)?;
     let (cert_path, key_path) = files(config, role);
     // Keep what the certificate is valid for: a node certificate's hosts.
     let hosts = match role {
-        Role::Node => {
+        Role::Node if hosts.is_empty() => {
             let current = crate::server::tls::load_certs(&cert_path).map_err(err)?;
             crate::identity::pki::cert_hosts(&current[0]).map_err(err)?
         }
-        _ => Vec::new(),
+        _ => hosts,
     };
-    let issued = ca
-        .issue(&CertRequest::new(config.admin.clone(), role, hosts))
-        .map_err(err)?;
+    let issued = ca.issue(&request(config, role, hosts, days)).map_err(err)?;
     let staged_cert = sibling(&cert_path, "new");
     let staged_key = sibling(&key_path, "new");
     for p in [&staged_cert, &staged_key] {

@@ -105,13 +105,16 @@ pub async fn run(config_path: &Path) -> Vec<Finding> {
         }
     };
     let agreements = check_agreements(&config, &mut out);
+    if let (Some(agreements), Some(identity)) = (&agreements, &identity) {
+        out.extend(check_own_card(&config, identity, agreements));
+    }
     if let Some(agreements) = &agreements {
         out.extend(check_partners(&config, agreements).await);
     }
     if let Some(identity) = &identity {
-        out.push(check_ledger(&config, identity).await);
+        out.extend(check_ledger(&config, identity).await);
     }
-    out.push(check_running(&config).await);
+    out.extend(check_running(&config).await);
     out
 }
 
@@ -125,9 +128,9 @@ pub fn render(admin_or_path: &str, findings: &[Finding]) -> String {
             Level::Warn => "WARN",
             Level::Fail => "FAIL",
         };
-        text.push_str(&format!("{tag}  {:<18} {}\n", f.check, f.what));
+        text.push_str(&format!("{tag}  {:<20} {}\n", f.check, f.what));
         if let Some(fix) = &f.fix {
-            text.push_str(&format!("      {:<18} fix: {fix}\n", ""));
+            text.push_str(&format!("      {:<20} fix: {fix}\n", ""));
         }
     }
     let fails = findings.iter().filter(|f| f.level == Level::Fail).count();
@@ -449,6 +452,132 @@ fn check_agreements(config: &NodeConfig, out: &mut Vec<Finding>) -> Option<Agree
     Some(set)
 }
 
+/// This administration's own party card in each agreement in force: partners use it to verify
+/// this node's signatures (signing key), to encrypt to it (HPKE key), to authenticate its TLS
+/// certificate (CA) and to dial it (endpoint). Keys restored from another backup, a second
+/// `init`, or a node certificate that does not name the endpoint's host break every exchange.
+fn check_own_card(
+    config: &NodeConfig,
+    identity: &crate::identity::NodeIdentity,
+    agreements: &AgreementSet,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let me = &config.admin;
+    let paths = config.identity_paths();
+    let own_ca = crate::server::tls::load_certs(&paths.ca_cert())
+        .ok()
+        .and_then(|c| c.first().map(|c| c.to_vec()));
+    let node_cert = crate::server::tls::load_certs(&paths.node_cert())
+        .ok()
+        .and_then(|c| c.first().map(|c| c.to_vec()));
+    let now = crate::envelope::now_ms();
+    // endpoint -> the agreements naming it
+    let mut endpoints: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut checked = 0;
+    for agreement in agreements.current(now) {
+        let Some(party) = agreement.party(me) else {
+            continue;
+        };
+        checked += 1;
+        let mut wrong = Vec::new();
+        if party.verifying_key != identity.signing.verifying_key() {
+            wrong.push("signing key (partners refuse every envelope and receipt this node signs)");
+        }
+        if hpke::Serializable::to_bytes(&party.hpke_key).as_slice()
+            != identity.hpke.public_key_bytes()
+        {
+            wrong.push("HPKE key (this node cannot open what partners seal to it)");
+        }
+        if own_ca.as_deref() != Some(party.ca_der.as_slice()) {
+            wrong.push("CA certificate (partners refuse this node's TLS certificate)");
+        }
+        if !wrong.is_empty() {
+            out.push(
+                Finding::new(
+                    Level::Fail,
+                    "own party card",
+                    format!(
+                        "agreement {} v{} lists {me} with keys this node does not have: {}",
+                        agreement.id(),
+                        agreement.doc.version,
+                        wrong.join("; ")
+                    ),
+                )
+                .fix(format!(
+                    "the keys in {} are not the ones {me} put into the agreement (restored from \
+                     another backup, or `init` run again?): restore the matching keys/ and tls/ \
+                     from the backup, or agree a new agreement version with the current party \
+                     card ({})",
+                    config.data_dir.display(),
+                    paths.party_card().display()
+                )),
+            );
+        }
+        endpoints
+            .entry(party.card.endpoint.clone())
+            .or_default()
+            .push(agreement.id().to_owned());
+    }
+    for (endpoint, ids) in &endpoints {
+        let ids = ids.join(", ");
+        let Ok((host, port)) = crate::identity::card::parse_endpoint(endpoint) else {
+            continue; // a card with a bad endpoint does not load
+        };
+        if let Some(cert) = &node_cert
+            && let Err(e) = crate::identity::pki::verify_valid_for_host(cert, &host)
+        {
+            let names = crate::identity::pki::cert_hosts(cert)
+                .map(|h| h.join(", "))
+                .unwrap_or_default();
+            out.push(
+                Finding::new(
+                    Level::Fail,
+                    "node certificate",
+                    format!(
+                        "{} is not valid for {host}, the host partners dial ({endpoint} in {ids}): \
+                         it names {}; every partner's TLS handshake fails",
+                        paths.node_cert().display(),
+                        if names.is_empty() { e } else { names }
+                    ),
+                )
+                .fix(format!(
+                    "dccf-node cert rotate --config <node.toml> --role node --host {host} \
+                     (add a --host for every other name it must keep)"
+                )),
+            );
+        }
+        if port != config.listen.port() {
+            out.push(
+                Finding::new(
+                    Level::Warn,
+                    "own endpoint",
+                    format!(
+                        "partners dial port {port} ({endpoint} in {ids}), this node listens on {}",
+                        config.listen
+                    ),
+                )
+                .fix(format!(
+                    "unless a firewall or load balancer forwards port {port} to {}, correct \
+                     `listen` in node.toml or agree a new agreement version with the right endpoint",
+                    config.listen.port()
+                )),
+            );
+        }
+    }
+    if checked > 0 && out.is_empty() {
+        out.push(Finding::new(
+            Level::Ok,
+            "own party card",
+            format!(
+                "the agreements in force name this node's signing key, HPKE key and CA; its \
+                 certificate is valid for {}",
+                endpoints.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    out
+}
+
 /// Each partner of an agreement in force: TCP reachability, TLS handshake (both ways: our
 /// certificate accepted, theirs verified against the agreement's CA), signed time and skew.
 async fn check_partners(config: &NodeConfig, agreements: &AgreementSet) -> Vec<Finding> {
@@ -554,18 +683,7 @@ async fn check_partner(
         }
         Err(status) => {
             let text = crate::delivery::courier::status_text(&status);
-            let fix = if text.contains("certificate")
-                || text.contains("CertificateRequired")
-                || text.contains("alert")
-            {
-                format!(
-                    "the TLS handshake failed: {admin}'s certificate must chain to the CA in the \
-                     agreement, and ours to our CA in {admin}'s copy of the agreement; compare \
-                     both copies and ask {admin} to run `dccf-node doctor`"
-                )
-            } else {
-                format!("ask {admin} to run `dccf-node doctor --config <their node.toml>`")
-            };
+            let fix = handshake_fix(admin, &text);
             return Finding::new(Level::Fail, check, format!("{endpoint}: {text}")).fix(fix);
         }
     };
@@ -580,30 +698,77 @@ async fn check_partner(
     };
     let midpoint = sent_ms + (rtt.as_millis() as i64) / 2;
     let skew_ms = their_ms - midpoint;
-    let max_ms = config.limits.max_clock_skew_secs as i64 * 1000;
     let what = format!(
         "reachable at {endpoint}, mutual TLS ok, round trip {} ms, {admin}'s clock {}{} ms",
         rtt.as_millis(),
         if skew_ms >= 0 { "+" } else { "" },
         skew_ms
     );
-    if skew_ms.abs() > max_ms {
+    skew_verdict(check, what, skew_ms, config.limits.max_clock_skew_secs)
+}
+
+/// Whether a call's error, after its TCP connection was made, is the server closing the TLS
+/// handshake on us: an alert, or — TLS 1.3 checks the client certificate after the client
+/// thinks the handshake is done — a connection closed or reset at once, which surfaces as a
+/// transport error without a gRPC status of the server's.
+fn refused_in_handshake(error: &str) -> bool {
+    [
+        "transport error",
+        "alert",
+        "certificate",
+        "broken pipe",
+        "reset",
+    ]
+    .iter()
+    .any(|w| error.contains(w))
+}
+
+/// What to do when a partner answers TCP but the call fails. The TCP connection worked, so a
+/// transport failure is the TLS handshake: either we refused the partner's certificate
+/// (`invalid peer certificate`), or — in TLS 1.3 a server's refusal of a client certificate
+/// arrives as an alert or a closed connection right after the handshake — it refused ours.
+fn handshake_fix(admin: &str, text: &str) -> String {
+    if text.contains("invalid peer certificate") {
+        format!(
+            "{admin}'s node presents a certificate that does not chain to {admin}'s CA in the \
+             agreement, has expired, or is not valid for the endpoint's host: ask {admin} to run \
+             `dccf-node doctor`; compare both copies of the agreement (`dccf-node agreement verify` \
+             prints the digest)"
+        )
+    } else if refused_in_handshake(text) {
+        format!(
+            "{admin}'s node closed the connection in the TLS handshake: it most likely refused \
+             this node's certificate (it must chain to our CA in {admin}'s copy of the agreement \
+             and be valid: see the node certificate finding above), or that agreement is not in \
+             force at {admin}; compare both copies (`dccf-node agreement verify` prints the digest) \
+             and ask {admin} to run `dccf-node doctor`"
+        )
+    } else {
+        format!("ask {admin} to run `dccf-node doctor --config <their node.toml>`")
+    }
+}
+
+/// Judges a partner's clock offset: beyond `max_skew_secs` envelopes are refused (FAIL); more
+/// than 2 s apart is worth fixing before it grows (WARN).
+fn skew_verdict(check: String, what: String, skew_ms: i64, max_skew_secs: u64) -> Finding {
+    let max_ms = i64::try_from(max_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let fix = "synchronise the clocks with NTP (chrony or systemd-timesyncd) on both nodes";
+    if skew_ms.saturating_abs() > max_ms {
         Finding::new(
             Level::Fail,
             check,
             format!(
-                "{what}: beyond the {} s this node accepts, envelopes are refused",
-                config.limits.max_clock_skew_secs
+                "{what}: beyond the {max_skew_secs} s this node accepts, envelopes are refused"
             ),
         )
-        .fix("synchronise the clocks with NTP (chrony or systemd-timesyncd) on both nodes")
-    } else if skew_ms.abs() > 2_000 {
+        .fix(fix)
+    } else if skew_ms.saturating_abs() > 2_000 {
         Finding::new(
             Level::Warn,
             check,
             format!("{what}: clocks differ by more than 2 s"),
         )
-        .fix("synchronise the clocks with NTP (chrony or systemd-timesyncd) on both nodes")
+        .fix(fix)
     } else {
         Finding::new(Level::Ok, check, what)
     }
@@ -611,27 +776,225 @@ async fn check_partner(
 
 /// The ledger: a stopped node's database recomputed in full against every signed checkpoint;
 /// a running node's latest checkpoint verified and proven consistent with its current head.
-async fn check_ledger(config: &NodeConfig, identity: &crate::identity::NodeIdentity) -> Finding {
-    match crate::ledger_commands::verify_ledger_for_doctor(config, identity).await {
+/// Then what the node's data says needs attention: open witness alarms and the outbox.
+async fn check_ledger(
+    config: &NodeConfig,
+    identity: &crate::identity::NodeIdentity,
+) -> Vec<Finding> {
+    if !config.ledger_dir().join("db").exists() {
+        return vec![Finding::new(
+            Level::Ok,
+            "ledger",
+            "no ledger yet (the node has never run)",
+        )];
+    }
+    let integrity = |r: Result<String, String>| {
+        match r {
         Ok(text) => Finding::new(Level::Ok, "ledger", text),
-        Err(e) => Finding::new(Level::Fail, "ledger", e.to_string()).fix(
+        Err(e) => Finding::new(Level::Fail, "ledger", e).fix(
             "stop the node and keep the data directory as it is (evidence); run `dccf-node ledger verify --config <node.toml>` and contact the auditors before restoring a backup",
         ),
     }
+    };
+    let stopped = match crate::ledger_commands::open_local(config) {
+        Ok(s) => s,
+        Err(e) => return vec![integrity(Err(e.to_string()))],
+    };
+    let (mut out, alarms, outbox) = match stopped {
+        Some((store, cps)) => {
+            // Read before the full check, which closes the store.
+            let alarms = crate::witness::alarms(&store).map_err(|e| e.to_string());
+            let counts = |q| crate::delivery::outbox::counts(&store, q).map_err(|e| e.to_string());
+            let outbox = counts(crate::delivery::outbox::Queue::Queued).and_then(|queued| {
+                let dead = counts(crate::delivery::outbox::Queue::Dead)?;
+                let mut all: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+                for (p, n) in queued {
+                    all.entry(p).or_default().0 = n;
+                }
+                for (p, n) in dead {
+                    all.entry(p).or_default().1 = n;
+                }
+                Ok(all.into_iter().map(|(p, (q, d))| (p, q, d)).collect())
+            });
+            let found = integrity(
+                crate::ledger_commands::verify_database(&store, &cps).map_err(|e| e.to_string()),
+            );
+            (vec![found], alarms, outbox)
+        }
+        None => {
+            use crate::ledger_commands::RunningLedgerError;
+            let found = match crate::ledger_commands::verify_running_ledger(config, identity).await
+            {
+                Ok(text) => Finding::new(Level::Ok, "ledger", text),
+                Err(RunningLedgerError::Invalid(e)) => integrity(Err(e)),
+                Err(RunningLedgerError::Unreachable(e)) => Finding::new(
+                    Level::Warn,
+                    "ledger",
+                    format!("running node: not checked, its Audit service did not answer: {e}"),
+                )
+                .fix(local_connection_fix(&e, "auditor")),
+            };
+            (
+                vec![found],
+                running_alarms(config).await,
+                running_outbox(config).await,
+            )
+        }
+    };
+    match alarms {
+        Ok(alarms) => {
+            for a in alarms {
+                out.push(
+                    Finding::new(
+                        Level::Fail,
+                        format!("witness {}", a.partner),
+                        format!(
+                            "open alarm since {}: {}'s ledger is inconsistent with a checkpoint \
+                             it showed earlier ({})",
+                            fmt_ms(a.at_ms),
+                            a.partner,
+                            crate::config::one_line(&a.detail)
+                        ),
+                    )
+                    .fix(format!(
+                        "{0}'s history was rewritten or rolled back: keep both nodes' data as \
+                         evidence, ask {0} and the auditors (`dccf-node ledger status` shows both \
+                         checkpoints); once explained, with the node stopped: `dccf-node ledger \
+                         resolve-alarm --config <node.toml> --partner {0} --reason \"…\"`",
+                        a.partner
+                    )),
+                );
+            }
+        }
+        Err(e) => out.push(Finding::new(
+            Level::Info,
+            "witness",
+            format!("alarms not checked: {e}"),
+        )),
+    }
+    match outbox {
+        Ok(partners) => {
+            for (partner, queued, dead) in partners {
+                if dead > 0 {
+                    out.push(
+                        Finding::new(
+                            Level::Warn,
+                            format!("outbox {partner}"),
+                            format!(
+                                "{dead} message(s) to {partner} given up (dead letter), {queued} waiting"
+                            ),
+                        )
+                        .fix(format!(
+                            "`dccf-node outbox list --config <node.toml> --partner {partner} \
+                             --dead-letter` shows why; once the cause is fixed, `dccf-node outbox \
+                             retry` them (or `cancel`)"
+                        )),
+                    );
+                } else if queued > 0 {
+                    out.push(Finding::new(
+                        Level::Info,
+                        format!("outbox {partner}"),
+                        format!("{queued} message(s) waiting for delivery to {partner}"),
+                    ));
+                }
+            }
+        }
+        Err(e) => out.push(Finding::new(
+            Level::Info,
+            "outbox",
+            format!("not checked: {e}"),
+        )),
+    }
+    out
 }
 
-/// Whether the node is running and serving (gRPC health on the Gateway listener).
-async fn check_running(config: &NodeConfig) -> Finding {
-    let paths = config.identity_paths();
-    let Ok(channel) =
-        crate::cli::local_channel(config, &paths.gateway_cert(), &paths.gateway_key())
-    else {
-        return Finding::new(
+/// `ms` (Unix) as an RFC 3339 time, for findings.
+fn fmt_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.replace_nanosecond(0)
+                .ok()?
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A running node's open witness alarms, from its Audit service.
+async fn running_alarms(
+    config: &NodeConfig,
+) -> Result<Vec<crate::proto::v1::WitnessAlarm>, String> {
+    let mut audit =
+        crate::ledger_commands::audit_client(config, None, None).map_err(|e| e.to_string())?;
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        audit.get_status(crate::proto::v1::LedgerStatusRequest {}),
+    )
+    .await
+    .map_err(|_| "Audit.GetStatus: no answer within 10 s".to_owned())?
+    .map_err(|s| format!("Audit.GetStatus: {}", s.message()))?;
+    Ok(status.into_inner().alarms)
+}
+
+/// A running node's outbox per partner (queued, dead letters), from its Gateway service.
+async fn running_outbox(config: &NodeConfig) -> Result<Vec<(String, u64, u64)>, String> {
+    let mut gateway = crate::cli::gateway_client_for(config).map_err(|e| e.to_string())?;
+    let list = tokio::time::timeout(
+        Duration::from_secs(10),
+        gateway.list_outbox(crate::proto::v1::ListOutboxRequest {
+            partner: String::new(),
+            dead_letter_only: false,
+            limit: 1,
+        }),
+    )
+    .await
+    .map_err(|_| "Gateway.ListOutbox: no answer within 10 s".to_owned())?
+    .map_err(|s| format!("Gateway.ListOutbox: {}", s.message()))?;
+    Ok(list
+        .into_inner()
+        .partners
+        .into_iter()
+        .map(|p| (p.partner, p.queued, p.dead_letter))
+        .collect())
+}
+
+/// Whether the node is running and serving (gRPC health on the Gateway listener). When it is
+/// not running: whether it could start, i.e. its listen addresses are free on this machine.
+async fn check_running(config: &NodeConfig) -> Vec<Finding> {
+    let mut gateway = config.gateway_listen;
+    if gateway.ip().is_unspecified() {
+        gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(gateway),
+    )
+    .await;
+    if !matches!(tcp, Ok(Ok(_))) {
+        let mut out = vec![Finding::new(
             Level::Info,
             "node",
-            "not checked (no usable gateway certificate)",
-        );
-    };
+            format!("not running (nothing answers on {})", config.gateway_listen),
+        )];
+        out.extend(check_listen_addresses(config));
+        return out;
+    }
+    let paths = config.identity_paths();
+    let channel =
+        match crate::cli::local_channel(config, &paths.gateway_cert(), &paths.gateway_key()) {
+            Ok(c) => c,
+            Err(e) => {
+                return vec![Finding::new(
+                    Level::Info,
+                    "node",
+                    format!(
+                        "something answers on {}, not checked further: {e}",
+                        config.gateway_listen
+                    ),
+                )];
+            }
+        };
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let check = tokio::time::timeout(
         Duration::from_secs(5),
@@ -640,7 +1003,7 @@ async fn check_running(config: &NodeConfig) -> Finding {
         }),
     )
     .await;
-    match check {
+    let finding = match check {
         Ok(Ok(r))
             if r.get_ref().status
                 == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
@@ -657,10 +1020,97 @@ async fn check_running(config: &NodeConfig) -> Finding {
             "running but NOT_SERVING: its ledger stopped accepting writes",
         )
         .fix("check the node's log and the disk holding the data directory (space, I/O errors), then restart the node"),
-        Ok(Err(_)) | Err(_) => Finding::new(
-            Level::Info,
+        Ok(Err(status)) => {
+            let text = crate::delivery::courier::status_text(&status);
+            Finding::new(
+                Level::Fail,
+                "node",
+                format!(
+                    "something answers on {} but the health check over mutual TLS failed: {text}",
+                    config.gateway_listen
+                ),
+            )
+            .fix(local_connection_fix(&text, "gateway"))
+        }
+        Err(_) => Finding::new(
+            Level::Fail,
             "node",
-            format!("not running (nothing answers on {})", config.gateway_listen),
-        ),
+            format!("{} accepts connections but gives no answer within 5 s", config.gateway_listen),
+        )
+        .fix("the node is overloaded or hung: look at its log and `dccf_requests_shed_total`; restart it if it stays so"),
+    };
+    vec![finding]
+}
+
+/// What to do when a local client (the back office's `gateway` or the `auditor` certificate)
+/// cannot talk to its own node: tell apart the node's certificate failing our check, the node
+/// refusing our client certificate, and something else holding the port.
+fn local_connection_fix(error: &str, client: &str) -> String {
+    if error.contains("invalid peer certificate") {
+        "the node presents a certificate its own clients cannot verify (expired, another CA, or \
+         not valid for the endpoint's host): fix the node certificate as reported above, then \
+         send SIGHUP to the node"
+            .to_owned()
+    } else if refused_in_handshake(error) {
+        format!(
+            "the node refused the {client} client certificate: see the {client} certificate \
+             finding above (`dccf-node cert rotate --config <node.toml> --role {client}`)"
+        )
+    } else {
+        format!(
+            "if another program holds the node's address, `ss -ltnp` names it; otherwise look at \
+             the node's log ({client} client: {error})"
+        )
     }
+}
+
+/// A stopped node's listen addresses (Exchange, Gateway, metrics): free to bind here?
+fn check_listen_addresses(config: &NodeConfig) -> Vec<Finding> {
+    let mut addrs = vec![
+        ("listen", config.listen),
+        ("gateway_listen", config.gateway_listen),
+    ];
+    if let Some(m) = config.observability.metrics_listen {
+        addrs.push(("observability.metrics_listen", m));
+    }
+    let mut out = Vec::new();
+    for (field, addr) in addrs {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => out.push(
+                Finding::new(
+                    Level::Fail,
+                    "listen addresses",
+                    format!("{field} {addr} is in use by another program: the node cannot start"),
+                )
+                .fix(format!(
+                    "`ss -ltnp 'sport = :{}'` names the program: stop it, or change `{field}` in node.toml{}",
+                    addr.port(),
+                    if field == "listen" {
+                        " (and the endpoint partners dial, with a new agreement version)"
+                    } else {
+                        ""
+                    }
+                )),
+            ),
+            Err(e) => out.push(
+                Finding::new(
+                    Level::Fail,
+                    "listen addresses",
+                    format!("{field} {addr} cannot be bound on this machine: {e}"),
+                )
+                .fix(format!(
+                    "use an address of this machine (or 0.0.0.0) in `{field}` in node.toml; ports below 1024 need privileges"
+                )),
+            ),
+        }
+    }
+    if out.is_empty() {
+        out.push(Finding::new(
+            Level::Ok,
+            "listen addresses",
+            "free: the node can start".to_owned(),
+        ));
+    }
+    out
 }

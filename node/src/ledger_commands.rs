@@ -273,7 +273,9 @@ fn open_stopped(config: &NodeConfig, then: &str) -> Result<(Store, Checkpoints),
 }
 
 /// Opens the ledger and its checkpoints, or `None` if a running node holds it.
-fn open_local(config: &NodeConfig) -> Result<Option<(Store, Checkpoints)>, CommandError> {
+pub(crate) fn open_local(
+    config: &NodeConfig,
+) -> Result<Option<(Store, Checkpoints)>, CommandError> {
     let dir = config.ledger_dir();
     if !dir.join("db").exists() {
         return Err(err(format!(
@@ -300,7 +302,7 @@ fn open_local(config: &NodeConfig) -> Result<Option<(Store, Checkpoints)>, Comma
 }
 
 /// An Audit client for the running node, with the auditor certificate.
-fn audit_client(
+pub(crate) fn audit_client(
     config: &NodeConfig,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -312,26 +314,33 @@ fn audit_client(
     Ok(AuditClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 
-/// The ledger check of `doctor`: a stopped node's database recomputed in full against every
-/// checkpoint it signed ([`verify_database`]); for a running node (through its Audit service,
-/// auditor certificate) the latest checkpoint's signature, and a consistency proof from it to a
-/// fresh checkpoint of the current head.
-pub async fn verify_ledger_for_doctor(
+/// Why a running node's ledger could not be confirmed by [`verify_running_ledger`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunningLedgerError {
+    /// The Audit service could not be asked (connection, certificates, the call itself): says
+    /// nothing about the ledger.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The node answered with a checkpoint or proof that does not verify.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The ledger check of `doctor` for a running node, through its Audit service (auditor
+/// certificate): the latest checkpoint's signature, and a consistency proof from it to a fresh
+/// checkpoint of the current head. (A stopped node's database is checked in full by
+/// [`verify_database`].)
+pub(crate) async fn verify_running_ledger(
     config: &NodeConfig,
     identity: &NodeIdentity,
-) -> Result<String, CommandError> {
-    if !config.ledger_dir().join("db").exists() {
-        return Ok("no ledger yet (the node has never run)".to_owned());
-    }
-    if let Some((store, cps)) = open_local(config)? {
-        return verify_database(&store, &cps);
-    }
+) -> Result<String, RunningLedgerError> {
+    use RunningLedgerError::{Invalid, Unreachable};
     let verifier = crate::ledger::checkpoint::NoteVerifier::new(
         &config.origin(),
         identity.signing.verifying_key(),
     )
-    .map_err(err)?;
-    let mut audit = audit_client(config, None, None)?;
+    .map_err(|e| Invalid(e.to_string()))?;
+    let audit = audit_client(config, None, None).map_err(|e| Unreachable(e.to_string()))?;
     let fetch = |from_size, fresh| {
         let mut audit = audit.clone();
         async move {
@@ -339,14 +348,20 @@ pub async fn verify_ledger_for_doctor(
                 .get_checkpoint(crate::proto::v1::CheckpointRequest { from_size, fresh })
                 .await
                 .map(|r| r.into_inner())
-                .map_err(|s| err(format!("Audit.GetCheckpoint: {}", s.message())))
+                .map_err(|s| {
+                    Unreachable(format!(
+                        "Audit.GetCheckpoint: {}",
+                        crate::delivery::courier::status_text(&s)
+                    ))
+                })
         }
     };
-    let parse = |note: &str| -> Result<(u64, [u8; 32]), CommandError> {
+    let parse = |note: &str| -> Result<(u64, [u8; 32]), RunningLedgerError> {
         let text = verifier
             .verify(note)
-            .map_err(|e| err(format!("checkpoint signature: {e}")))?;
-        let (_, size, root) = crate::ledger::checkpoint::parse_checkpoint(text).map_err(err)?;
+            .map_err(|e| Invalid(format!("checkpoint signature: {e}")))?;
+        let (_, size, root) = crate::ledger::checkpoint::parse_checkpoint(text)
+            .map_err(|e| Invalid(e.to_string()))?;
         Ok((size, root))
     };
     let last = fetch(0, false).await?;
@@ -357,16 +372,16 @@ pub async fn verify_ledger_for_doctor(
         .consistency_proof
         .iter()
         .map(|h| {
-            <[u8; 32]>::try_from(h.as_slice()).map_err(|_| err("a proof hash is not 32 bytes"))
+            <[u8; 32]>::try_from(h.as_slice())
+                .map_err(|_| Invalid("a proof hash is not 32 bytes".into()))
         })
         .collect::<Result<_, _>>()?;
     proof::verify_consistency(size1, size2, &proof, &root1, &root2).map_err(|e| {
-        err(format!(
+        Invalid(format!(
             "the current ledger (size {size2}) does not extend the last checkpoint (size \
              {size1}): {e}"
         ))
     })?;
-    let _ = &mut audit;
     Ok(format!(
         "running node: last checkpoint (size {size1}) signed by this node's key; the current \
          head (size {size2}) is proven to extend it"
@@ -375,7 +390,7 @@ pub async fn verify_ledger_for_doctor(
 
 /// Full check of a stopped node's database: the tree recomputed from every entry, and every
 /// checkpoint the node ever signed against it.
-fn verify_database(store: &Store, cps: &Checkpoints) -> Result<String, CommandError> {
+pub(crate) fn verify_database(store: &Store, cps: &Checkpoints) -> Result<String, CommandError> {
     // `Checkpoints::open` (in `open_local`) already checked the latest checkpoint.
     let head = store.verify().map_err(err)?;
     let verifier =

@@ -578,6 +578,64 @@ impl Federation {
     }
 }
 
+impl Federation {
+    /// Runs `dccf-node doctor` on `admin`'s node.toml (written from its in-memory config
+    /// first); returns whether it exited 0, and what it printed.
+    pub async fn doctor(&self, admin: &str) -> (bool, String) {
+        self.save_config(admin);
+        let config = self.admin(admin).config.data_dir.join("node.toml");
+        let (ok, out, err) = cli_async(&["doctor", "--config", config.to_str().unwrap()]).await;
+        assert!(
+            ok || err.lines().count() == 1 && err.contains("doctor: "),
+            "a failing doctor says so in one line: {err}"
+        );
+        (ok, out)
+    }
+}
+
+/// The findings in `doctor` output `out` with tag `level` (`ok`, `info`, `WARN`, `FAIL`) for
+/// exactly the check `check`, each as its line plus its `fix:` line when it has one.
+pub fn findings(out: &str, level: &str, check: &str) -> Vec<String> {
+    let prefix = format!("{level:<4}  {check:<20} ");
+    let lines: Vec<&str> = out.lines().collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with(&prefix) {
+            continue;
+        }
+        let mut text = (*line).to_owned();
+        if let Some(next) = lines.get(i + 1)
+            && next.trim_start().starts_with("fix: ")
+        {
+            text.push('\n');
+            text.push_str(next.trim());
+        }
+        found.push(text);
+    }
+    found
+}
+
+/// Runs the node binary with `args`; returns (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(node_binary())
+        .args(args)
+        .output()
+        .expect("run dccf-node");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`cli`] off the test's async threads (the command may talk to in-process nodes).
+pub async fn cli_async(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .unwrap()
+}
+
 /// Polls until `addr` accepts TCP connections (at most 30 s).
 pub async fn wait_listening(addr: std::net::SocketAddr) {
     for _ in 0..600 {

@@ -193,7 +193,7 @@ fn decode_key32(text: &str) -> Result<[u8; 32], &'static str> {
 }
 
 /// Splits `https://host:port` (IPv6 in brackets) into host and port; nothing else is allowed.
-fn parse_endpoint(endpoint: &str) -> Result<(String, u16), String> {
+pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(String, u16), String> {
     let rest = endpoint
         .strip_prefix("https://")
         .ok_or("must start with https://")?;

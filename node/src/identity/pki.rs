@@ -419,6 +419,17 @@ pub fn verify_issued_by(cert_der: &[u8], ca_der: &[u8]) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// Whether a (node) certificate is valid for `host` — a DNS name or an IP address — judged as
+/// a partner's TLS client judges it (webpki name matching), so `doctor` predicts handshakes.
+pub fn verify_valid_for_host(cert_der: &[u8], host: &str) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let der = CertificateDer::from(cert_der);
+    let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host).map_err(|e| format!("{host:?}: {e}"))?;
+    cert.verify_is_valid_for_subject_name(&name)
+        .map_err(|e| e.to_string())
+}
+
 /// The DNS names and IP addresses in a certificate's SAN (what a node certificate is valid for).
 pub fn cert_hosts(cert_der: &[u8]) -> Result<Vec<String>, IdentityError> {
     let x509 = parse_cert(cert_der).map_err(|detail| IdentityError::InvalidCert {

@@ -19,12 +19,15 @@ use crate::state::NodeState;
 #[derive(Debug, Clone)]
 pub struct ExchangeService {
     state: Arc<NodeState>,
+    /// Becomes true when the node shuts down: AEO feeds (server streams a partner keeps open
+    /// for as long as it mirrors us) end then, so a graceful stop does not wait for them.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ExchangeService {
-    /// A service over `state`.
-    pub fn new(state: Arc<NodeState>) -> Self {
-        ExchangeService { state }
+    /// A service over `state`; its long-lived streams end when `stopping` becomes true.
+    pub fn new(state: Arc<NodeState>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        ExchangeService { state, stopping }
     }
 }
 
@@ -96,12 +99,16 @@ impl Exchange for ExchangeService {
         let request = request.into_inner();
         let publisher = crate::aeo::feed::publisher_for(&self.state, &peer, &request)?;
         let (tx, rx) = crate::aeo::feed::channel();
-        tokio::spawn(crate::aeo::feed::serve(
-            self.state.clone(),
-            publisher,
-            request,
-            tx,
-        ));
+        let feed = crate::aeo::feed::serve(self.state.clone(), publisher, request, tx);
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            // Dropping the feed drops its sender: the partner's stream ends, and it resubscribes
+            // (with backoff) once this node is back.
+            tokio::select! {
+                () = feed => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -185,9 +185,12 @@ pub async fn start_on(
         builder(exchange_timeout, &exchange_peers)
             .add_service(health_service.clone())
             .add_service(
-                ExchangeServer::new(exchange::ExchangeService::new(state.clone()))
-                    .max_decoding_message_size(max_frame)
-                    .max_encoding_message_size(max_frame),
+                ExchangeServer::new(exchange::ExchangeService::new(
+                    state.clone(),
+                    shutdown.subscribe(),
+                ))
+                .max_decoding_message_size(max_frame)
+                .max_encoding_message_size(max_frame),
             )
             .serve_with_incoming_shutdown(
                 tls::incoming(

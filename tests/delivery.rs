@@ -298,6 +298,15 @@ async fn a_message_past_its_attempts_is_dead_lettered_and_an_operator_can_retry_
             .count(),
         2
     );
+    // `doctor` points the operator at them.
+    let (_, out) = fed.doctor("NL").await;
+    let dead = findings(&out, "WARN", "outbox BR");
+    assert_eq!(dead.len(), 1, "{out}");
+    assert!(
+        dead[0].contains("2 message(s) to BR given up (dead letter)")
+            && dead[0].contains("outbox list --config <node.toml> --partner BR --dead-letter"),
+        "{out}"
+    );
 
     // Cancel one, retry the other once BR is back: only the retried one arrives.
     let cancelled = nl

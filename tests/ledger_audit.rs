@@ -622,6 +622,19 @@ async fn a_partner_whose_log_shrinks_raises_a_rollback_alarm() {
         count_kind(&ledger_entries(fed.node("NL")), EntryKind::WitnessAlarm),
         1
     );
+
+    // NL's operator hears of it from `doctor`, with the way to handle it.
+    let (ok, out) = fed.doctor("NL").await;
+    assert!(!ok, "{out}");
+    let alarm = findings(&out, "FAIL", "witness BR");
+    assert_eq!(alarm.len(), 1, "{out}");
+    assert!(
+        alarm[0].contains("open alarm since")
+            && alarm[0].contains("rollback")
+            && alarm[0].contains("keep both nodes' data as evidence")
+            && alarm[0].contains("ledger resolve-alarm --config <node.toml> --partner BR"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

@@ -68,6 +68,20 @@ async fn a_served_node_reports_metrics_health_and_reflection_and_stops_on_sigter
     )
     .await;
     fed.save_config("NL");
+    // NL's auditor certificate expires in 10 days: inside the 30-day warning window.
+    let paths = fed.admin("NL").config.identity_paths();
+    let now = time::OffsetDateTime::now_utc();
+    let spare = tempfile::tempdir().unwrap();
+    let (cert, key) = issue_cert(
+        &fed,
+        "NL",
+        dccf_node::identity::pki::Role::Auditor,
+        now - time::Duration::hours(1),
+        now + time::Duration::days(10),
+        spare.path(),
+    );
+    std::fs::copy(cert, paths.auditor_cert()).unwrap();
+    std::fs::copy(key, paths.auditor_key()).unwrap();
     let log = fed.root.path().join("nl.log");
     let mut nl = KillOnDrop(fed.spawn_process_logged("NL", &log).await);
 
@@ -157,6 +171,25 @@ async fn a_served_node_reports_metrics_health_and_reflection_and_stops_on_sigter
         ),
         Some(0.0)
     );
+    assert_eq!(
+        sample(
+            &metrics,
+            "dccf_certificate_expiring",
+            &["certificate=\"auditor\""]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let auditor_secs = sample(
+        &metrics,
+        "dccf_certificate_expiry_seconds",
+        &["certificate=\"auditor\""],
+    )
+    .expect("auditor certificate expiry");
+    assert!(
+        (9.0 * 86_400.0..=10.0 * 86_400.0).contains(&auditor_secs),
+        "{auditor_secs}"
+    );
     assert!(
         metrics.contains("# HELP dccf_messages_sent_total"),
         "described"
@@ -210,6 +243,19 @@ async fn a_served_node_reports_metrics_health_and_reflection_and_stops_on_sigter
         lines += 1;
     }
     assert!(lines >= 2, "JSON log lines: {text}");
+    let warned = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["certificate"] == "auditor")
+        .unwrap_or_else(|| panic!("no expiry warning for the auditor certificate: {text}"));
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    assert!(
+        warned["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("certificate expires soon") && m.contains("cert rotate")),
+        "{warned}"
+    );
     assert!(!text.contains(marker), "no payload in logs");
 }
 

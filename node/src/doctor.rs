@@ -1114,3 +1114,83 @@ fn check_listen_addresses(config: &NodeConfig) -> Vec<Finding> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(skew_ms: i64) -> Finding {
+        skew_verdict("partner BR".into(), "clock".into(), skew_ms, 300)
+    }
+
+    #[test]
+    fn clock_skew_is_ok_within_2_s_a_warning_beyond_and_a_failure_past_the_limit() {
+        assert_eq!(verdict(0).level, Level::Ok);
+        assert_eq!(verdict(-2_000).level, Level::Ok);
+        for ms in [2_001, -2_001, 300_000, -300_000] {
+            let f = verdict(ms);
+            assert_eq!(f.level, Level::Warn, "{ms}");
+            assert!(f.fix.as_deref().is_some_and(|x| x.contains("NTP")), "{ms}");
+        }
+        for ms in [300_001, -300_001, i64::MIN, i64::MAX] {
+            let f = verdict(ms);
+            assert_eq!(f.level, Level::Fail, "{ms}");
+            assert!(f.what.contains("envelopes are refused"), "{}", f.what);
+        }
+    }
+
+    #[test]
+    fn a_refused_handshake_is_told_apart_from_a_certificate_we_refuse_and_other_errors() {
+        let theirs = handshake_fix(
+            "BR",
+            "Unavailable: invalid peer certificate: UnknownIssuer: transport error",
+        );
+        assert!(
+            theirs.contains("BR's node presents a certificate"),
+            "{theirs}"
+        );
+        for ours in [
+            "Unknown: transport error: connection error: received fatal alert: CertificateUnknown",
+            "Cancelled: operation was canceled: transport error: connection closed",
+            "Unknown: transport error: connection error: stream closed because of a broken pipe",
+        ] {
+            let fix = handshake_fix("BR", ours);
+            assert!(
+                fix.contains("refused this node's certificate"),
+                "{ours}: {fix}"
+            );
+        }
+        let other = handshake_fix("BR", "PermissionDenied: not a party");
+        assert!(other.starts_with("ask BR to run"), "{other}");
+    }
+
+    #[test]
+    fn a_local_client_failure_names_the_certificate_at_fault() {
+        assert!(
+            local_connection_fix("invalid peer certificate: NotValidForName", "gateway")
+                .contains("the node presents a certificate its own clients cannot verify")
+        );
+        assert!(
+            local_connection_fix("transport error: received fatal alert", "auditor")
+                .contains("--role auditor")
+        );
+        assert!(local_connection_fix("DeadlineExceeded", "gateway").contains("ss -ltnp"));
+    }
+
+    #[test]
+    fn findings_render_one_line_each_with_the_fix_below_and_a_summary() {
+        let text = render(
+            "nl/node.toml",
+            &[
+                Finding::new(Level::Ok, "config", "loads"),
+                Finding::new(Level::Fail, "listen addresses", "in use").fix("stop it"),
+                Finding::new(Level::Warn, "auditor certificate", "expires").fix("rotate"),
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], format!("ok    {:<20} loads", "config"));
+        assert_eq!(lines[2], format!("FAIL  {:<20} in use", "listen addresses"));
+        assert_eq!(lines[3].trim(), "fix: stop it");
+        assert_eq!(lines.last(), Some(&"1 failure(s), 1 warning(s)"));
+    }
+}

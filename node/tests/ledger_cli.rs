@@ -378,6 +378,23 @@ fn ledger_verify_detects_a_tampered_database() {
     });
     let line = fails(&["ledger", "verify", "--config", s(&config)]);
     assert!(line.contains("rewritten"), "{line}");
+
+    // `doctor` says the same, with what to do about it.
+    let doctor = dccf(&["doctor", "--config", s(&config)]);
+    assert!(!doctor.status.success(), "{}", describe(&doctor));
+    let out = stdout(&doctor);
+    let ledger: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("FAIL  ledger "))
+        .collect();
+    assert!(
+        ledger.len() == 1 && ledger[0].contains("rewritten"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: stop the node and keep the data directory as it is (evidence)"),
+        "{out}"
+    );
 }
 
 /// Kills the child on drop, so a failed assertion leaves no server running.

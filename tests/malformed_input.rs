@@ -209,3 +209,81 @@ async fn a_misbehaving_client_does_not_stop_the_node_serving_an_honest_partner()
          stream floods)"
     );
 }
+
+#[tokio::test]
+async fn a_partner_over_its_refusal_budget_waits_unjudged_while_other_partners_are_judged() {
+    use dccf_node::proto::v1::RejectReason;
+    const BUDGET: u64 = 50;
+    let fed = Federation::start(
+        &["NL", "BR", "DE"],
+        dccf_node::demo::PRE_ARRIVAL_AGREEMENT,
+        dccf_node::demo::PRE_ARRIVAL_ID,
+        |c| c.limits.max_refusals_per_peer_per_minute = BUDGET,
+    )
+    .await;
+    let refused_by_br = |from: &str| {
+        ledger_entries(fed.node("BR"))
+            .iter()
+            .filter(|e| e.kind() == EntryKind::EnvelopeRejected && e.peer == from)
+            .count() as u64
+    };
+    let reason = |r: &dccf_node::proto::v1::DeliveryResult| match &r.outcome {
+        Some(delivery_result::Outcome::Rejection(rej)) => (
+            RejectReason::try_from(rej.reason).unwrap(),
+            rej.message.clone(),
+        ),
+        other => panic!("not a rejection: {other:?}"),
+    };
+
+    // NL sends envelopes BR can only refuse (empty): the first BUDGET are judged and
+    // ledgered, the rest are answered "retry later" without a ledger entry.
+    let (results, end) =
+        raw_deliver_stream(fed.exchange_channel_as("NL", "BR"), vec![Vec::new(); 120]).await;
+    end.expect("the stream itself is fine");
+    assert_eq!(results.len(), 120);
+    let (judged, waiting): (Vec<_>, Vec<_>) = results
+        .iter()
+        .map(reason)
+        .partition(|(r, _)| *r != RejectReason::Unspecified);
+    assert_eq!(judged.len() as u64, BUDGET, "{judged:?}");
+    assert!(
+        judged
+            .iter()
+            .all(|(r, _)| *r == RejectReason::UnsupportedVersion)
+    );
+    assert_eq!(waiting.len() as u64, 120 - BUDGET);
+    assert!(
+        waiting[0]
+            .1
+            .contains("limits.max_refusals_per_peer_per_minute")
+            && waiting[0].1.contains("retry in"),
+        "{:?}",
+        waiting[0]
+    );
+    assert_eq!(
+        refused_by_br("NL"),
+        BUDGET,
+        "only judged envelopes are ledgered"
+    );
+
+    // Unary delivery from NL waits too (UNAVAILABLE: retry later)...
+    let status = fed
+        .exchange_as("NL", "BR")
+        .deliver(dccf_node::proto::v1::Envelope::default())
+        .await
+        .expect_err("over budget");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(refused_by_br("NL"), BUDGET);
+
+    // ...while DE, another partner, is judged as usual.
+    let (results, end) =
+        raw_deliver_stream(fed.exchange_channel_as("DE", "BR"), vec![Vec::new(); 3]).await;
+    end.expect("DE's stream");
+    assert!(
+        results
+            .iter()
+            .all(|r| reason(r).0 == RejectReason::UnsupportedVersion),
+        "{results:?}"
+    );
+    assert_eq!(refused_by_br("DE"), 3);
+}

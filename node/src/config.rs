@@ -246,6 +246,11 @@ pub struct Limits {
     /// Requests in progress per listener over all peers; more are answered `UNAVAILABLE`
     /// ("overloaded, retry") at once instead of waiting in an unbounded queue.
     pub max_requests_in_flight: usize,
+    /// Envelopes one partner may have refused (each one a ledger entry) per minute. Beyond
+    /// that its envelopes are not judged until the minute is over: they are answered "retry
+    /// later" (`UNAVAILABLE`), not ledgered, and its outbox retries them. Bounds how fast a
+    /// hostile or broken partner can grow the ledger.
+    pub max_refusals_per_peer_per_minute: u64,
 }
 
 impl Default for Limits {
@@ -263,6 +268,7 @@ impl Default for Limits {
             max_connections_per_peer: 64,
             max_requests_per_peer: 512,
             max_requests_in_flight: 4096,
+            max_refusals_per_peer_per_minute: 6000,
         }
     }
 }
@@ -330,6 +336,7 @@ impl NodeConfig {
             || l.max_connections_per_peer == 0
             || l.max_requests_per_peer == 0
             || l.max_requests_in_flight == 0
+            || l.max_refusals_per_peer_per_minute == 0
         {
             return Err(invalid(
                 "limits",
@@ -517,6 +524,9 @@ max_connections_per_peer = {max_connections_per_peer}
 max_requests_per_peer = {max_requests_per_peer}
 # Requests in progress per listener over all peers; more get UNAVAILABLE at once (load shedding).
 max_requests_in_flight = {max_requests_in_flight}
+# Envelopes one partner may have refused (each a ledger entry) per minute; beyond that its
+# envelopes wait ("retry later", not ledgered) until the minute is over.
+max_refusals_per_peer_per_minute = {max_refusals_per_peer_per_minute}
 
 [ledger]
 # Checkpoint origin: names this ledger in signed checkpoints; must end with "/{admin}".
@@ -584,6 +594,7 @@ cert_warning_days = {cert_warning_days}
             max_connections_per_peer = l.max_connections_per_peer,
             max_requests_per_peer = l.max_requests_per_peer,
             max_requests_in_flight = l.max_requests_in_flight,
+            max_refusals_per_peer_per_minute = l.max_refusals_per_peer_per_minute,
             aeo_max_mirror_records = self.aeo.max_mirror_records,
             aeo_cache_mib = self.aeo.cache_mib,
             aeo_heartbeat_secs = self.aeo.heartbeat_secs,

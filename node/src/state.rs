@@ -70,6 +70,10 @@ pub struct NodeState {
     pub epochs: std::sync::Mutex<crate::envelope::bulk::Epochs>,
     /// AEO registry, partner mirrors and their feeds.
     pub aeo: crate::aeo::Aeo,
+    /// Refusals logged one by one up to a burst per partner and reason, the rest summarised.
+    pub rejection_log: crate::delivery::rejection_log::RejectionLog,
+    /// Refusals (ledger entries) each partner may cause per minute.
+    pub refusal_budget: crate::delivery::refusal_budget::RefusalBudget,
     agreements: RwLock<Arc<AgreementSet>>,
     in_flight: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -111,6 +115,10 @@ impl NodeState {
         })?;
         let state = NodeState {
             aeo,
+            rejection_log: Default::default(),
+            refusal_budget: crate::delivery::refusal_budget::RefusalBudget::new(
+                config.limits.max_refusals_per_peer_per_minute,
+            ),
             config,
             identity,
             store,

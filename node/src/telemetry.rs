@@ -134,7 +134,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "dccf_requests_shed_total",
         "counter",
-        "Requests answered at once because a limit was reached, by listener and scope (peer, node).",
+        "Requests answered at once because a limit was reached, by listener and scope (peer, node; refusals: envelopes of a partner over its refusal budget).",
     ),
     (
         "dccf_connections_refused_total",

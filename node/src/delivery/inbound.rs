@@ -142,11 +142,12 @@ enum Slot {
 }
 
 fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>) -> StagedChunk {
+    let now = now_ms();
     let checked: Vec<(Envelope, [u8; 32], Result<Checked, Refusal>)> = envelopes
         .into_iter()
         .map(|envelope| {
             let digest = envelope_digest(&envelope);
-            let result = check_and_open(state, peer, &envelope, &digest);
+            let result = judge_within_budget(state, peer, &envelope, &digest, now);
             (envelope, digest, result)
         })
         .collect();
@@ -352,17 +353,28 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
             in_flight,
         };
     }
+    let now = crate::envelope::now_ms();
     for r in &results {
         if let Some(delivery_result::Outcome::Rejection(rej)) = &r.outcome
             && rej.reason != RejectReason::Unspecified as i32
         {
-            tracing::warn!(
-                peer,
-                message_id = %r.message_id,
-                reason = RejectReason::try_from(rej.reason).map(|r| r.as_str_name()).unwrap_or("?"),
-                detail = %rej.message,
-                "envelope rejected"
-            );
+            let reason = RejectReason::try_from(rej.reason)
+                .map(|r| r.as_str_name())
+                .unwrap_or("?");
+            // A partner flooding us with refusable envelopes must not fill the disk with logs.
+            let (full, ended) = state.rejection_log.admit(peer, reason, now);
+            if let Some(summary) = ended {
+                super::rejection_log::log_summary(&summary);
+            }
+            if full {
+                tracing::warn!(
+                    peer,
+                    message_id = %r.message_id,
+                    reason,
+                    detail = %rej.message,
+                    "envelope rejected"
+                );
+            }
         }
     }
     StagedChunk {
@@ -370,6 +382,40 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
         results,
         in_flight,
     }
+}
+
+/// [`check_and_open`], unless `peer` has used up its refusal budget for this minute: then the
+/// envelope is not judged but answered "retry later" (not ledgered; the sender retries).
+fn judge_within_budget(
+    state: &NodeState,
+    peer: &str,
+    envelope: &Envelope,
+    digest: &[u8; 32],
+    now: i64,
+) -> Result<Checked, Refusal> {
+    let budget = &state.refusal_budget;
+    if let Some(until) = budget.exhausted(peer, now) {
+        crate::telemetry::request_shed("exchange", "refusals");
+        return Err(Refusal::retry_later(format!(
+            "{peer} had {} envelopes refused in the last minute \
+             (limits.max_refusals_per_peer_per_minute): not checked; retry in {} s",
+            budget.per_minute(),
+            (until - now).max(0) / 1000 + 1
+        )));
+    }
+    let result = check_and_open(state, peer, envelope, digest);
+    if let Err(refusal) = &result
+        && !refusal.is_transient()
+        && budget.spend(peer, now)
+    {
+        tracing::warn!(
+            peer,
+            limit = budget.per_minute(),
+            "partner used up its refusal budget for this minute: its envelopes are answered \
+             \"retry later\" without being checked or ledgered until the minute is over"
+        );
+    }
+    result
 }
 
 fn header_message_id(envelope: &Envelope) -> String {

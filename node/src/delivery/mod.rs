@@ -16,6 +16,8 @@ pub mod outbound;
 pub mod outbox;
 pub mod outbox_admin;
 pub mod peers;
+pub mod refusal_budget;
+pub mod rejection_log;
 pub mod retention;
 
 use crate::proto::v1::RejectReason;

@@ -88,6 +88,14 @@ impl RunningNode {
         for t in tasks {
             let _ = t.await;
         }
+        // Refusals counted but not yet summarised: say so before the node is gone.
+        for summary in self
+            .state
+            .rejection_log
+            .flush(crate::envelope::now_ms(), true)
+        {
+            crate::delivery::rejection_log::log_summary(&summary);
+        }
     }
 
     /// Loads a rotated node certificate if its files changed (`Ok(true)`): new handshakes on
@@ -339,6 +347,10 @@ pub async fn start_on(
                 async move {
                     if let Err(e) = crate::report::persist_mirror_counts(&state).await {
                         tracing::warn!(error = %e, "AEO mirror lookup counts not recorded");
+                    }
+                    let now = crate::envelope::now_ms();
+                    for summary in state.rejection_log.flush(now, false) {
+                        crate::delivery::rejection_log::log_summary(&summary);
                     }
                     let _ = tokio::task::spawn_blocking(move || {
                         crate::telemetry::refresh_gauges(&state)

@@ -9,6 +9,10 @@
 //! - `rp/aeo/<partner>/<day>`: mirror lookups and hits per partner and UTC day (mirror lookups
 //!   are answered locally and not ledgered one by one).
 
+mod chart;
+
+pub use chart::svg;
+
 use std::collections::BTreeMap;
 
 use prost::Message;
@@ -379,7 +383,7 @@ pub fn compute(
     })
 }
 
-fn date(ms: i64) -> String {
+pub(crate) fn date(ms: i64) -> String {
     crate::agreement::format_ms(ms)
 }
 
@@ -390,7 +394,7 @@ fn pct(p: &Option<Percentiles>) -> String {
 }
 
 /// A duration in ms, readable: ms, s, min, h or days.
-fn human(ms: i64) -> String {
+pub(crate) fn human(ms: i64) -> String {
     let a = ms.unsigned_abs();
     let sign = if ms < 0 { "-" } else { "" };
     match a {
@@ -551,155 +555,6 @@ pub fn csv(r: &EffectivenessReport) -> String {
         let _ = w.write_record(&row);
     }
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
-}
-
-/// The report as an SVG chart: messages per flow (delivered / refused), and pre-arrival lead
-/// time percentiles, in hours.
-pub fn svg(r: &EffectivenessReport) -> Result<String, ReportError> {
-    use plotters::prelude::*;
-    let chart_err = |e: &dyn std::fmt::Display| ReportError::Chart(e.to_string());
-    let mut out = String::new();
-    {
-        let root = SVGBackend::with_string(&mut out, (1000, 640)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| chart_err(&e))?;
-        let title = format!(
-            "DCCF exchange with partners, {} – {} ({})",
-            date(r.since_ms).get(..10).unwrap_or_default(),
-            date(r.until_ms).get(..10).unwrap_or_default(),
-            r.admin
-        );
-        let root = root
-            .titled(&title, ("sans-serif", 22))
-            .map_err(|e| chart_err(&e))?;
-        let (top, bottom) = root.split_vertically(340);
-        let labels: Vec<String> = r
-            .flows
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} {} {}",
-                    f.message_type.trim_start_matches("dccf.v1."),
-                    if f.direction == "sent" { "→" } else { "←" },
-                    f.partner
-                )
-            })
-            .collect();
-        let n = labels.len().max(1);
-        let max = r
-            .flows
-            .iter()
-            .map(|f| f.messages + f.rejections.values().sum::<u64>())
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let mut chart = ChartBuilder::on(&top)
-            .caption(
-                "Messages per flow (green: accepted or delivered, red: refused)",
-                ("sans-serif", 16),
-            )
-            .margin(10)
-            .x_label_area_size(60)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0..n, 0..(max + max / 10 + 1))
-            .map_err(|e| chart_err(&e))?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n)
-            .x_label_formatter(&|i| labels.get(*i).cloned().unwrap_or_default())
-            .y_desc("messages")
-            .draw()
-            .map_err(|e| chart_err(&e))?;
-        let ok = |f: &FlowReport| {
-            if f.direction == "sent" {
-                f.delivered
-            } else {
-                f.messages
-            }
-        };
-        chart
-            .draw_series(
-                r.flows.iter().enumerate().map(|(i, f)| {
-                    Rectangle::new([(i, 0), (i + 1, ok(f))], GREEN.mix(0.7).filled())
-                }),
-            )
-            .map_err(|e| chart_err(&e))?;
-        chart
-            .draw_series(r.flows.iter().enumerate().map(|(i, f)| {
-                let refused: u64 = f.rejections.values().sum();
-                Rectangle::new(
-                    [(i, ok(f)), (i + 1, ok(f) + refused)],
-                    RED.mix(0.7).filled(),
-                )
-            }))
-            .map_err(|e| chart_err(&e))?;
-
-        let leads: Vec<(String, Percentiles)> = r
-            .flows
-            .iter()
-            .filter_map(|f| {
-                Some((
-                    format!("{} ← {}", f.agreement_id, f.partner),
-                    f.lead_time_ms?,
-                ))
-            })
-            .collect();
-        let hours = |ms: i64| ms as f64 / 3_600_000.0;
-        let top_h = leads
-            .iter()
-            .map(|(_, p)| hours(p.p99).max(hours(p.p50)))
-            .fold(1.0f64, f64::max);
-        let low_h = leads
-            .iter()
-            .map(|(_, p)| hours(p.min))
-            .fold(0.0f64, f64::min);
-        let m = leads.len().max(1);
-        let mut chart = ChartBuilder::on(&bottom)
-            .caption(
-                "Pre-arrival lead time: hours before arrival the data was here (p50 bar, p90/p99 marks)",
-                ("sans-serif", 16),
-            )
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0..m, low_h..top_h * 1.1)
-            .map_err(|e| chart_err(&e))?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(m)
-            .x_label_formatter(&|i| leads.get(*i).map(|l| l.0.clone()).unwrap_or_default())
-            .y_desc("hours")
-            .draw()
-            .map_err(|e| chart_err(&e))?;
-        chart
-            .draw_series(leads.iter().enumerate().map(|(i, (_, p))| {
-                Rectangle::new([(i, 0.0), (i + 1, hours(p.p50))], BLUE.mix(0.5).filled())
-            }))
-            .map_err(|e| chart_err(&e))?;
-        for (q, color) in [(0.90, BLACK), (0.99, RED)] {
-            chart
-                .draw_series(leads.iter().enumerate().map(|(i, (_, p))| {
-                    let v = if q < 0.95 { p.p90 } else { p.p99 };
-                    PathElement::new(
-                        vec![(i, hours(v)), (i + 1, hours(v))],
-                        color.stroke_width(2),
-                    )
-                }))
-                .map_err(|e| chart_err(&e))?;
-        }
-        if leads.is_empty() {
-            bottom
-                .draw(&Text::new(
-                    "no pre-arrival declarations received in this period",
-                    (300, 150),
-                    ("sans-serif", 16),
-                ))
-                .map_err(|e| chart_err(&e))?;
-        }
-        root.present().map_err(|e| chart_err(&e))?;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -570,7 +570,7 @@ fn check_own_card(
             "own party card",
             format!(
                 "the agreements in force name this node's signing key, HPKE key and CA; its \
-                 certificate is valid for {}",
+                 certificate is valid for the endpoint {}",
                 endpoints.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         ));

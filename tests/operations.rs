@@ -495,7 +495,7 @@ async fn doctor_names_certificate_card_and_port_problems_with_the_fix_for_each()
         "own party card",
         &[
             "signing key, HPKE key and CA",
-            "valid for https://127.0.0.1:",
+            "valid for the endpoint https://127.0.0.1:",
         ],
     );
 

@@ -464,6 +464,14 @@ fn restore(kept: &[(std::path::PathBuf, Vec<u8>)]) {
     }
 }
 
+/// `dccf-node cert rotate --config CONFIG --role ROLE EXTRA…`; panics unless it succeeds.
+async fn rotate(config: &str, role: &str, extra: &[&str]) {
+    let mut args = vec!["cert", "rotate", "--config", config, "--role", role];
+    args.extend_from_slice(extra);
+    let (ok, _, err) = cli_async(&args).await;
+    assert!(ok, "{args:?}: {err}");
+}
+
 /// Exactly one finding of `level` for `check`, containing every one of `needles`.
 fn assert_finding(out: &str, level: &str, check: &str, needles: &[&str]) {
     let found = findings(out, level, check);
@@ -501,11 +509,7 @@ async fn doctor_names_certificate_card_and_port_problems_with_the_fix_for_each()
 
     // A certificate close to its expiry: a warning with the command that renews it.
     let kept = keep(&[paths.auditor_cert(), paths.auditor_key()]);
-    let (ok, _, err) = cli_async(&[
-        "cert", "rotate", "--config", &config, "--role", "auditor", "--days", "10",
-    ])
-    .await;
-    assert!(ok, "{err}");
+    rotate(&config, "auditor", &["--days", "10"]).await;
     let (ok, out) = fed.doctor("NL").await;
     assert!(ok, "a warning alone fails nothing: {out}");
     assert_finding(
@@ -579,18 +583,7 @@ async fn doctor_names_certificate_card_and_port_problems_with_the_fix_for_each()
     restore(&kept);
 
     // A node certificate that does not name the host partners dial: the exact command.
-    let (ok, _, err) = cli_async(&[
-        "cert",
-        "rotate",
-        "--config",
-        &config,
-        "--role",
-        "node",
-        "--host",
-        "nl.customs.invalid",
-    ])
-    .await;
-    assert!(ok, "{err}");
+    rotate(&config, "node", &["--host", "nl.customs.invalid"]).await;
     let (ok, out) = fed.doctor("NL").await;
     assert!(!ok, "{out}");
     assert_finding(
@@ -603,20 +596,12 @@ async fn doctor_names_certificate_card_and_port_problems_with_the_fix_for_each()
             "fix: dccf-node cert rotate --config <node.toml> --role node --host 127.0.0.1",
         ],
     );
-    let (ok, _, err) = cli_async(&[
-        "cert",
-        "rotate",
-        "--config",
+    rotate(
         &config,
-        "--role",
         "node",
-        "--host",
-        "127.0.0.1",
-        "--host",
-        "localhost",
-    ])
+        &["--host", "127.0.0.1", "--host", "localhost"],
+    )
     .await;
-    assert!(ok, "{err}");
     let (_, out) = fed.doctor("NL").await;
     assert!(
         findings(&out, "FAIL", "node certificate").is_empty(),

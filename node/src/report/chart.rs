@@ -151,6 +151,20 @@ impl Page<'_, '_> {
         self.y - ROW_H / 2
     }
 
+    /// Starts a row: its label right-aligned before the bar, and the bar's grey track; returns
+    /// the row's middle.
+    fn labelled_row(&mut self, label: &str) -> Result<i32, ReportError> {
+        let y = self.row();
+        self.text(label, (LABEL_RIGHT, y), 14, &BLACK, HPos::Right)?;
+        self.rect(BAR_X, y - 8, BAR_X + BAR_W, y + 8, &TRACK)?;
+        Ok(y)
+    }
+
+    /// The numbers beside a row's bar.
+    fn note(&self, s: &str, y: i32) -> Result<(), ReportError> {
+        self.text(s, (NOTE_X, y), 14, &BLACK, HPos::Left)
+    }
+
     fn empty(&mut self, s: &str) -> Result<(), ReportError> {
         let y = self.row();
         self.text(s, (BAR_X, y), 14, &GREY, HPos::Left)
@@ -207,9 +221,7 @@ impl Page<'_, '_> {
                     HPos::Left,
                 )?;
             }
-            let y = self.row();
-            self.text(&flow_label(f), (LABEL_RIGHT, y), 14, &BLACK, HPos::Right)?;
-            self.rect(BAR_X, y - 8, BAR_X + BAR_W, y + 8, &TRACK)?;
+            let y = self.labelled_row(&flow_label(f))?;
             let ok = bar(passed(f), max);
             let refused_n: u64 = f.rejections.values().sum();
             let refused = bar(refused_n, max);
@@ -220,7 +232,7 @@ impl Page<'_, '_> {
             } else {
                 format!("{} accepted", f.messages)
             };
-            self.text(&note, (NOTE_X, y), 14, &BLACK, HPos::Left)?;
+            self.note(&note, y)?;
             if refused_n > 0 {
                 let mut reasons: Vec<_> = f.rejections.iter().collect();
                 reasons.sort();
@@ -254,20 +266,13 @@ impl Page<'_, '_> {
         let hi = pcts.iter().map(|p| p.max).max().unwrap_or(1).max(lo + 1);
         let x = |ms: i64| BAR_X + ((ms - lo) as f64 / (hi - lo) as f64 * f64::from(BAR_W)) as i32;
         for (f, p) in leads.iter().zip(&pcts) {
-            let y = self.row();
-            self.text(
-                &format!("{} ← {} ({})", f.agreement_id, f.partner, p.count),
-                (LABEL_RIGHT, y),
-                14,
-                &BLACK,
-                HPos::Right,
-            )?;
-            self.rect(BAR_X, y - 8, BAR_X + BAR_W, y + 8, &TRACK)?;
+            let y =
+                self.labelled_row(&format!("{} ← {} ({})", f.agreement_id, f.partner, p.count))?;
             let (x0, x1) = (x(p.min), x(p.max).max(x(p.min) + MIN_BAR));
             self.rect(x0, y - 6, x1, y + 6, &LEAD_RANGE)?;
             let m = x(p.p50);
             self.rect(m - 2, y - 10, m + 2, y + 10, &LEAD)?;
-            self.text(
+            self.note(
                 &format!(
                     "median {}, p90 {}, p99 {}, shortest {}",
                     human(p.p50),
@@ -275,10 +280,7 @@ impl Page<'_, '_> {
                     human(p.p99),
                     human(p.min)
                 ),
-                (NOTE_X, y),
-                14,
-                &BLACK,
-                HPos::Left,
+                y,
             )?;
         }
         Ok(())
@@ -290,32 +292,27 @@ impl Page<'_, '_> {
             return self.empty("no AEO lookups in this period");
         }
         for a in &r.aeo {
-            let y = self.row();
             let what = match a.kind.as_str() {
                 "mirror" => format!("from the mirror of {}", a.partner),
                 "online" => format!("asked {} online", a.partner),
                 "answered" => format!("answered for {}", a.partner),
                 other => format!("{other} {}", a.partner),
             };
-            self.text(&what, (LABEL_RIGHT, y), 14, &BLACK, HPos::Right)?;
-            self.rect(BAR_X, y - 8, BAR_X + BAR_W, y + 8, &TRACK)?;
+            let y = self.labelled_row(&what)?;
             let rate = if a.lookups == 0 {
                 0.0
             } else {
                 a.found as f64 / a.lookups as f64
             };
             self.rect(BAR_X, y - 8, BAR_X + bar(a.found, a.lookups), y + 8, &OK)?;
-            self.text(
+            self.note(
                 &format!(
                     "{} lookups, {} found ({:.1} %)",
                     a.lookups,
                     a.found,
                     rate * 100.0
                 ),
-                (NOTE_X, y),
-                14,
-                &BLACK,
-                HPos::Left,
+                y,
             )?;
         }
         Ok(())

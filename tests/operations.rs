@@ -457,6 +457,18 @@ fn keep(files: &[std::path::PathBuf]) -> Vec<(std::path::PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// Overwrites each `(from, to)`'s `to` with a copy of `from`; returns what was there, for
+/// [`restore`].
+fn replace_with(
+    pairs: &[(std::path::PathBuf, std::path::PathBuf)],
+) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let kept = keep(&pairs.iter().map(|(_, to)| to.clone()).collect::<Vec<_>>());
+    for (from, to) in pairs {
+        std::fs::copy(from, to).expect("copy over");
+    }
+    kept
+}
+
 /// Writes back what [`keep`] read (the files keep their mode).
 fn restore(kept: &[(std::path::PathBuf, Vec<u8>)]) {
     for (f, bytes) in kept {
@@ -525,7 +537,6 @@ async fn doctor_names_certificate_card_and_port_problems_with_the_fix_for_each()
     restore(&kept);
 
     // An expired back-office certificate: named, and why the node's health check fails.
-    let kept = keep(&[paths.gateway_cert(), paths.gateway_key()]);
     let now = time::OffsetDateTime::now_utc();
     let (cert, key) = issue_cert(
         &fed,
@@ -535,8 +546,7 @@ async fn doctor_names_certificate_card_and_port_problems_with_the_fix_for_each()
         now - time::Duration::days(1),
         spare.path(),
     );
-    std::fs::copy(&cert, paths.gateway_cert()).unwrap();
-    std::fs::copy(&key, paths.gateway_key()).unwrap();
+    let kept = replace_with(&[(cert, paths.gateway_cert()), (key, paths.gateway_key())]);
     let (ok, out) = fed.doctor("NL").await;
     assert!(!ok, "{out}");
     assert_finding(
@@ -560,9 +570,10 @@ async fn doctor_names_certificate_card_and_port_problems_with_the_fix_for_each()
     restore(&kept);
 
     // A node certificate from another CA: named, and the partner's refusal explained.
-    let kept = keep(&[paths.node_cert(), paths.node_key()]);
-    std::fs::copy(other.node_cert(), paths.node_cert()).unwrap();
-    std::fs::copy(other.node_key(), paths.node_key()).unwrap();
+    let kept = replace_with(&[
+        (other.node_cert(), paths.node_cert()),
+        (other.node_key(), paths.node_key()),
+    ]);
     let (ok, out) = fed.doctor("NL").await;
     assert!(!ok, "{out}");
     assert_finding(
@@ -624,9 +635,10 @@ async fn doctor_names_certificate_card_and_port_problems_with_the_fix_for_each()
     );
 
     // Keys that are not the ones the agreement names (another backup, a second init).
-    let kept = keep(&[paths.signing_key(), paths.hpke_key()]);
-    std::fs::copy(other.signing_key(), paths.signing_key()).unwrap();
-    std::fs::copy(other.hpke_key(), paths.hpke_key()).unwrap();
+    let kept = replace_with(&[
+        (other.signing_key(), paths.signing_key()),
+        (other.hpke_key(), paths.hpke_key()),
+    ]);
     let (ok, out) = fed.doctor("NL").await;
     assert!(!ok, "{out}");
     assert_finding(

@@ -421,6 +421,14 @@ async fn doctor_explains_each_problem_of_a_misconfigured_node_with_a_fix() {
             && out.contains(&format!("fix: chmod 600 {}", key.display())),
         "{out}"
     );
+    // Said once, with that fix: not also as a key to restore from a backup.
+    assert_finding(
+        &out,
+        "info",
+        "keys",
+        &["not loaded until the key file permissions are fixed"],
+    );
+    assert!(findings(&out, "FAIL", "keys").is_empty(), "{out}");
     assert!(
         out.contains("FAIL  partner BR") && out.contains("cannot reach"),
         "{out}"

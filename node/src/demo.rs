@@ -154,12 +154,10 @@ fn short(bytes: &[u8]) -> String {
     hex::encode(&bytes[..bytes.len().min(8)])
 }
 
-/// The auditor's view: fresh signed checkpoints, one witnessing round (partners check
-/// consistency and cosign), offline export + verify of NL's and BR's ledgers, a reconciliation
-/// of the two, and a stand-alone inclusion proof.
 /// Section 7: what an operator and a programme manager see: `doctor` on NL (partners reached
 /// over mutual TLS, clocks compared through signed pings, the ledger checked against its last
-/// checkpoint) and BR's effectiveness report.
+/// checkpoint), `doctor` naming an operator's slip on DE with its fix, and BR's effectiveness
+/// report.
 async fn operations(nodes: &[DemoNode]) -> Result<(), DemoError> {
     println!("\n7. Operations: `dccf-node doctor` on NL, `dccf-node report` of BR");
     let nl = &nodes[0];
@@ -176,6 +174,7 @@ async fn operations(nodes: &[DemoNode]) -> Result<(), DemoError> {
         .filter(|f| f.level == crate::doctor::Level::Fail)
         .count();
     println!("   doctor: {} checks, {fails} failure(s)", findings.len());
+    operator_slip(nodes).await?;
     let br = nodes
         .iter()
         .find(|n| n.config.admin == "BR")
@@ -192,6 +191,37 @@ async fn operations(nodes: &[DemoNode]) -> Result<(), DemoError> {
     Ok(())
 }
 
+/// DE's operator leaves its signing key readable by every user of the machine (a restore with
+/// the wrong umask, say): `doctor` names the file and the command that fixes it.
+async fn operator_slip(nodes: &[DemoNode]) -> Result<(), DemoError> {
+    use std::os::unix::fs::PermissionsExt;
+    let de = nodes
+        .iter()
+        .find(|n| n.config.admin == "DE")
+        .ok_or_else(|| fail("no DE"))?;
+    let key = de.config.identity_paths().signing_key();
+    let mode = |m| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(m));
+    println!(
+        "   DE's signing key made readable by everyone (chmod 644); `dccf-node doctor` on DE:"
+    );
+    mode(0o644).map_err(fail)?;
+    let findings = crate::doctor::run(&de.config.data_dir.join("node.toml")).await;
+    mode(0o600).map_err(fail)?;
+    for f in findings
+        .iter()
+        .filter(|f| f.level == crate::doctor::Level::Fail)
+    {
+        println!("   FAIL  {}: {}", f.check, f.what);
+        if let Some(fix) = &f.fix {
+            println!("         fix: {fix}");
+        }
+    }
+    Ok(())
+}
+
+/// The auditor's view: fresh signed checkpoints, one witnessing round (partners check
+/// consistency and cosign), offline export + verify of NL's and BR's ledgers, a reconciliation
+/// of the two, and a stand-alone inclusion proof.
 async fn audit(nodes: &[DemoNode], root: &Path) -> Result<(), DemoError> {
     use crate::ledger::export;
     println!(

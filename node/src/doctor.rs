@@ -97,10 +97,7 @@ pub async fn run(config_path: &Path) -> Vec<Finding> {
     let identity = match crate::identity::NodeIdentity::load(&paths, &config.admin) {
         Ok(i) => Some(i),
         Err(e) => {
-            out.push(
-                Finding::new(Level::Fail, "keys", e.to_string())
-                    .fix("restore keys/ from the backup of the data directory; keys cannot be recreated (partners know the public keys)"),
-            );
+            out.push(key_load_finding(&e));
             None
         }
     };
@@ -116,6 +113,25 @@ pub async fn run(config_path: &Path) -> Vec<Finding> {
     }
     out.extend(check_running(&config).await);
     out
+}
+
+/// Why the signing or HPKE key did not load, with the fix that suits the cause.
+fn key_load_finding(e: &crate::identity::IdentityError) -> Finding {
+    use crate::identity::IdentityError as E;
+    match e {
+        // Reported (with its chmod) by the key-file check: say only what it keeps from us.
+        E::InsecurePermissions { .. } => Finding::new(
+            Level::Info,
+            "keys",
+            "not loaded until the key file permissions are fixed (see above): own party card and ledger not checked",
+        ),
+        E::Unreadable { path, .. } => Finding::new(Level::Fail, "keys", e.to_string()).fix(format!(
+            "the user running the node must own and be able to read {}: chown <node user> {0} and chmod 600 {0}",
+            path.display()
+        )),
+        _ => Finding::new(Level::Fail, "keys", e.to_string())
+            .fix("restore keys/ from the backup of the data directory; keys cannot be recreated (partners know the public keys)"),
+    }
 }
 
 /// Renders findings for a terminal: one line each, the fix indented below.

@@ -545,7 +545,12 @@ fn alert_to(to: &str, seq: u64) -> SendRequest {
 
 /// A stand-in Exchange (BR's TLS identity) that takes every call and never answers: `Deliver`
 /// never returns, and `DeliverStream` reads the envelopes and never sends a result.
-struct Silent;
+/// A partner whose TLS and HTTP/2 work but whose application never answers; it records the
+/// client address of every `DeliverStream` call (one per connection the sender opens).
+#[derive(Clone, Default)]
+struct Silent {
+    streams_from: Arc<Mutex<Vec<Option<std::net::SocketAddr>>>>,
+}
 
 #[tonic::async_trait]
 impl Exchange for Silent {
@@ -588,6 +593,10 @@ impl Exchange for Silent {
         &self,
         request: Request<Streaming<Envelope>>,
     ) -> Result<Response<Self::DeliverStreamStream>, Status> {
+        self.streams_from
+            .lock()
+            .unwrap()
+            .push(request.remote_addr());
         let mut incoming = request.into_inner();
         let results =
             async_stream_never(async move { while let Some(Ok(_)) = incoming.next().await {} });
@@ -747,8 +756,19 @@ async fn a_tls_peer_whose_deliver_stream_never_answers_times_out_and_delivery_re
     .await;
     let addr = fed.node("BR").exchange_addr;
     fed.stop("BR").await;
-    let mut stand_in = StandIn::serve(addr, fed.stand_in_tls("BR", "NL"), Silent);
+    let silent = Silent::default();
+    let streams_from = silent.streams_from.clone();
+    let mut stand_in = StandIn::serve(addr, fed.stand_in_tls("BR", "NL"), silent);
     never_answering_peer(&mut fed, move || stand_in.stop(), "no answer within").await;
+    // Each retry after a silent attempt came on a new connection, not the one that hung.
+    let from = streams_from.lock().unwrap().clone();
+    let ports: BTreeSet<_> = from.iter().flatten().map(|a| a.port()).collect();
+    assert!(from.len() >= 2, "attempts: {from:?}");
+    assert_eq!(
+        ports.len(),
+        from.len(),
+        "one connection per attempt: {from:?}"
+    );
 }
 
 // ---- 5. garbage, oversized envelopes, a flood of tiny ones ----------------------------------

@@ -443,7 +443,11 @@ async fn stream_run(
     let timeout = Duration::from_secs(
         state.config.limits.connect_timeout_secs + state.config.limits.request_timeout_secs,
     );
-    let no_answer = || RunFailure::new(format!("no answer within {}s", timeout.as_secs()));
+    let no_answer = || {
+        // Retry on a fresh connection, not on the one that just stayed silent.
+        state.peers.forget(partner);
+        RunFailure::new(format!("no answer within {}s", timeout.as_secs()))
+    };
     let mut results = tokio::time::timeout(
         timeout,
         client.deliver_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),

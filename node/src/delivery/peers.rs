@@ -146,6 +146,16 @@ impl PeerClients {
         self.clear();
     }
 
+    /// Drops `admin`'s cached client, so that the next call dials a new connection: after a
+    /// call got no answer in time, the connection itself may be what hangs (a peer whose
+    /// application stalls keeps answering HTTP/2 pings, so the channel never notices).
+    pub fn forget(&self, admin: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(admin);
+    }
+
     /// Drops every cached client (after agreements change).
     pub fn clear(&self) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();

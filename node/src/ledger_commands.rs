@@ -1,9 +1,9 @@
 //! `dccf-node ledger …` and `dccf-node cert …`: the auditor's and operator's ledger tools.
 //!
-//! `status` and `proof` read the ledger directly when the node is stopped, and ask the running
-//! node's `Audit` service (with the auditor certificate from `init`, or `--cert/--key`) when it
-//! holds the ledger. `export` needs the node stopped (it reads every entry from the database).
-//! `verify` and `reconcile` work offline on export directories only.
+//! `status`, `proof` and `export` read the ledger directly when the node is stopped, and ask the
+//! running node's `Audit` service (with the auditor certificate from `init`, or `--cert/--key`)
+//! when it holds the ledger. `verify` and `reconcile` work offline on export directories;
+//! `verify --config` checks a stopped node's database itself.
 
 use std::path::PathBuf;
 
@@ -34,8 +34,9 @@ pub enum LedgerAction {
         #[arg(long, requires = "cert")]
         key: Option<PathBuf>,
     },
-    /// Write the ledger as a C2SP tlog-tiles directory with checkpoint, vkey and cosignatures
-    /// (the node must be stopped).
+    /// Write the ledger as a C2SP tlog-tiles directory with checkpoint, vkey and cosignatures:
+    /// read from the database of a stopped node, or through the Audit service of a running one
+    /// (a fresh checkpoint of its current head first; no downtime).
     Export {
         /// Path to node.toml.
         #[arg(long)]
@@ -43,6 +44,12 @@ pub enum LedgerAction {
         /// Directory to create (must not exist or be empty).
         #[arg(long)]
         out: PathBuf,
+        /// Auditor client certificate (default: tls/auditor-client.pem) when the node runs.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Its private key (default: tls/auditor-client.key).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Check an export offline (signatures, every entry and tile, root, cosignatures), or with
     /// --config the node's own database (every entry, leaf hash and interior node, and every
@@ -123,25 +130,36 @@ pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
             };
             Ok(format_status(&status))
         }
-        LedgerAction::Export { config, out } => {
+        LedgerAction::Export {
+            config,
+            out,
+            cert,
+            key,
+        } => {
             let config = NodeConfig::load(&config).map_err(err)?;
-            let (store, cps) = open_stopped(
-                &config,
-                "stop it to export, or fetch entries and proofs through the Audit service",
-            )?;
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| err(format!("{}: {e}", parent.display())))?;
             }
-            cps.publish().await.map_err(err)?;
-            let material = cps.export_material().map_err(err)?;
-            let summary = export::write_export(&store, &material.input(), &out).map_err(err)?;
-            store.close().map_err(err)?;
+            let (summary, how) = match open_local(&config)? {
+                Some((store, cps)) => {
+                    cps.publish().await.map_err(err)?;
+                    let material = cps.export_material().map_err(err)?;
+                    let summary =
+                        export::write_export(&store, &material.input(), &out).map_err(err)?;
+                    store.close().map_err(err)?;
+                    (summary, "from its database")
+                }
+                None => (
+                    export_running(&config, cert, key, &out).await?,
+                    "through the running node's Audit service",
+                ),
+            };
             Ok(format!(
-                "exported {} entries of {} to {} ({} tiles, {} entry bundles, {} cosigned \
+                "exported {} entries of {} {how} to {} ({} tiles, {} entry bundles, {} cosigned \
                  checkpoints); check it with `dccf-node ledger verify {}`",
                 summary.size,
-                cps.origin(),
+                config.origin(),
                 out.display(),
                 summary.tiles,
                 summary.bundles,
@@ -299,6 +317,93 @@ pub(crate) fn open_local(
     )
     .map_err(err)?;
     Ok(Some((store, cps)))
+}
+
+/// Exports a running node's ledger through its Audit service: a fresh checkpoint of the current
+/// head, the export material from `GetStatus`, and the entries up to that checkpoint in pages of
+/// `GetEntries`. The log key must be this node's (from its own keys): the export then verifies
+/// exactly as one of a stopped node.
+async fn export_running(
+    config: &NodeConfig,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    out: &std::path::Path,
+) -> Result<export::ExportSummary, CommandError> {
+    use crate::proto::v1::EntriesRequest;
+    let mut audit = audit_client(config, cert, key)?;
+    let call = |what: &'static str| move |s: tonic::Status| err(format!("{what}: {}", s.message()));
+    audit
+        .get_checkpoint(CheckpointRequest {
+            from_size: 0,
+            fresh: true,
+        })
+        .await
+        .map_err(call("Audit.GetCheckpoint"))?;
+    let status = audit
+        .get_status(LedgerStatusRequest {})
+        .await
+        .map_err(call("Audit.GetStatus"))?
+        .into_inner();
+    let identity = NodeIdentity::load(&config.identity_paths(), &config.admin).map_err(err)?;
+    let ours = crate::ledger::checkpoint::NoteSigner::new(
+        &config.origin(),
+        identity.signing.signing_key().clone(),
+    )
+    .map_err(err)?
+    .verifier_key();
+    if status.vkey != ours {
+        return Err(err(format!(
+            "the node answering at {} signs its log with {}, not with this node's key ({ours}): \
+             is --config the right node?",
+            config.gateway_listen, status.vkey
+        )));
+    }
+    let material = crate::checkpoints::ExportMaterial {
+        checkpoint: status.checkpoint,
+        vkey: status.vkey,
+        cosigned: status.cosigned_notes,
+        witnesses: status.witness_keys,
+    };
+    let out = out.to_path_buf();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut page = std::collections::VecDeque::<(u64, Vec<u8>)>::new();
+        export::write_export_from(
+            None,
+            |index| {
+                if page.front().is_none_or(|(i, _)| *i != index) {
+                    let source = |detail: String| export::ExportError::Source { index, detail };
+                    let entries = handle
+                        .block_on(audit.get_entries(EntriesRequest {
+                            start: index,
+                            end: index + 1000,
+                        }))
+                        .map_err(|s| source(format!("Audit.GetEntries: {}", s.message())))?
+                        .into_inner()
+                        .entries;
+                    page = entries.into_iter().map(|e| (e.index, e.leaf)).collect();
+                }
+                match page.pop_front() {
+                    Some((i, leaf)) if i == index => {
+                        let hash = crate::ledger::merkle::leaf_hash(&leaf);
+                        Ok((leaf, hash))
+                    }
+                    other => Err(export::ExportError::Source {
+                        index,
+                        detail: format!(
+                            "Audit.GetEntries answered entry {:?} instead",
+                            other.map(|(i, _)| i)
+                        ),
+                    }),
+                }
+            },
+            &material.input(),
+            &out,
+        )
+    })
+    .await
+    .map_err(err)?
+    .map_err(err)
 }
 
 /// An Audit client for the running node, with the auditor certificate.

@@ -459,16 +459,33 @@ fn a_running_node_answers_ledger_commands_through_its_audit_service() {
     // A proof of an entry the node wrote at start-up? A fresh node has none yet: a clear error.
     let line = fails(&["ledger", "proof", "--config", s(&config), "--index", "0"]);
     assert!(line.contains("Audit.GetInclusionProof"), "{line}");
-    // Export and database verification need the node stopped, and say so.
+    // Export works while the node runs (through Audit), and the result verifies offline; into
+    // a directory that is not empty it refuses, and so with a certificate that is no auditor's.
+    let out = tmp.path().join("x");
+    let said = ok(&["ledger", "export", "--config", s(&config), "--out", s(&out)]);
+    assert!(
+        said.contains("through the running node's Audit service"),
+        "{said}"
+    );
+    let verified = ok(&["ledger", "verify", s(&out)]);
+    assert!(verified.starts_with("OK dccf.example/NL"), "{verified}");
+    let line = fails(&["ledger", "export", "--config", s(&config), "--out", s(&out)]);
+    assert!(line.contains("is not an empty directory"), "{line}");
     let line = fails(&[
         "ledger",
         "export",
         "--config",
         s(&config),
         "--out",
-        s(&tmp.path().join("x")),
+        s(&tmp.path().join("y")),
+        "--cert",
+        s(&dir.join("tls/gateway-client.pem")),
+        "--key",
+        s(&dir.join("tls/gateway-client.key")),
     ]);
-    assert!(line.contains("the node is running"), "{line}");
+    assert!(line.contains("role auditor"), "{line}");
+    assert!(!tmp.path().join("y").exists(), "nothing written");
+    // Verifying the database itself needs the node stopped, and says so.
     let line = fails(&["ledger", "verify", "--config", s(&config)]);
     assert!(line.contains("the node is running"), "{line}");
     // The gateway certificate is not an auditor's.

@@ -229,11 +229,12 @@ pub fn status(
     cps: &crate::checkpoints::Checkpoints,
 ) -> Result<LedgerStatus, String> {
     let head = store.durable_head();
+    let material = cps.export_material().map_err(|e| e.to_string())?;
     Ok(LedgerStatus {
         origin: cps.origin().to_owned(),
         size: head.size,
         root: head.root.to_vec(),
-        checkpoint: cps.latest_cosigned().map_err(|e| e.to_string())?,
+        checkpoint: material.checkpoint,
         vkey: cps.vkey(),
         cosigned: cps
             .witnesses()
@@ -247,5 +248,7 @@ pub fn status(
             .map(|(admin, size)| format!("{admin} {size}"))
             .collect(),
         alarms: crate::witness::alarms(store).map_err(|e| e.to_string())?,
+        cosigned_notes: material.cosigned,
+        witness_keys: material.witnesses,
     })
 }

@@ -60,7 +60,7 @@ pub use tlog_proof::{
     TLOG_PROOF_HEADER, TlogProof, parse_tlog_proof, tlog_proof_text, verify_tlog_proof,
 };
 pub use verify::{MAX_NOTE_FILE, VerifyReport, read_entries, verify_export};
-pub use write::{ExportInput, ExportSummary, write_export};
+pub use write::{ExportInput, ExportSummary, write_export, write_export_from};
 
 /// Number of hashes in a full tile (tile height 8).
 pub const TILE_WIDTH: u64 = 256;
@@ -89,6 +89,14 @@ pub enum ExportError {
     /// Reading the ledger store failed.
     #[error("reading the ledger store failed: {0}")]
     Store(#[from] LedgerError),
+    /// Reading the entries from their source (a running node's Audit service) failed.
+    #[error("reading entry {index}: {detail}")]
+    Source {
+        /// The entry being read.
+        index: u64,
+        /// What failed.
+        detail: String,
+    },
     /// The store has no leaf for a durable index.
     #[error("ledger store has no entry {index} although it is durable")]
     StoreEntryMissing {

@@ -1086,3 +1086,60 @@ fn malformed_tlog_proofs_are_refused_with_their_line() {
         }
     }
 }
+
+#[test]
+fn an_export_from_another_source_needs_the_leaves_the_log_signed() {
+    let fx = Fx::new(5);
+    let checkpoint = fx.cosigned(5);
+    let witnesses = fx.witnesses();
+    let vkey = fx.log.verifier_key();
+    let input = ExportInput {
+        checkpoint: &checkpoint,
+        vkey: &vkey,
+        cosigned: &[],
+        witnesses: &witnesses,
+    };
+    let leaves = |change: Option<u64>| {
+        let leaves = fx.leaves.clone();
+        move |i: u64| {
+            let mut leaf = leaves[i as usize].clone();
+            if change == Some(i) {
+                leaf[0] ^= 1;
+            }
+            let hash = crate::ledger::merkle::leaf_hash(&leaf);
+            Ok((leaf, hash))
+        }
+    };
+    // The log's own leaves, from a source other than the store: the same export.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = tmp.path().join("export");
+    let summary = write_export_from(None, leaves(None), &input, &out).expect("export");
+    assert_eq!(summary.size, 5);
+    verify_export(&out).expect("verifies");
+    // One leaf other than the log signed: refused, nothing written.
+    let bad = tmp.path().join("bad");
+    let err = write_export_from(None, leaves(Some(3)), &input, &bad).unwrap_err();
+    assert!(
+        matches!(err, ExportError::StoreRootMismatch { size: 5, .. }),
+        "{err}"
+    );
+    assert!(!bad.exists());
+    // A source that fails names the entry.
+    let err = write_export_from(
+        None,
+        |index| {
+            Err(ExportError::Source {
+                index,
+                detail: "Audit.GetEntries: unavailable".into(),
+            })
+        },
+        &input,
+        &bad,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "reading entry 0: Audit.GetEntries: unavailable"
+    );
+    assert!(!bad.exists());
+}

@@ -205,6 +205,35 @@ pub fn write_export(
     input: &ExportInput<'_>,
     out: &Path,
 ) -> Result<ExportSummary, ExportError> {
+    write_export_from(
+        Some(store.durable_head().size),
+        |index| {
+            let leaf = store
+                .entry(index)?
+                .ok_or(ExportError::StoreEntryMissing { index })?;
+            let hash = leaf_hash(&leaf);
+            if store.leaf_hash(index)? != Some(hash) {
+                return Err(ExportError::StoreLeafHashMismatch { index });
+            }
+            Ok((leaf, hash))
+        },
+        input,
+        out,
+    )
+}
+
+/// [`write_export`] from any source of the log's leaves: `next_leaf(i)` is called for `i` = 0, 1, …
+/// in order up to the checkpoint's size and returns the leaf bytes and their RFC 9162 leaf hash
+/// (a running node's entries fetched through its Audit service, say). `durable`, if known, is
+/// how many entries the source holds durably. Every other check of [`write_export`] applies:
+/// above all, the root of the leaves must be the signed checkpoint's, so a source that sends
+/// other leaves than the log signed produces no export.
+pub fn write_export_from(
+    durable: Option<u64>,
+    mut next_leaf: impl FnMut(u64) -> Result<(Vec<u8>, Hash), ExportError>,
+    input: &ExportInput<'_>,
+    out: &Path,
+) -> Result<ExportSummary, ExportError> {
     check_output(out)?;
     let cp = check_checkpoint(input.vkey, input.checkpoint)?;
     let witnesses = parse_witnesses(input.witnesses, &cp.origin)?;
@@ -218,8 +247,9 @@ pub fn write_export(
         }
         cosigned.push(c);
     }
-    let durable = store.durable_head().size;
-    if cp.size > durable {
+    if let Some(durable) = durable
+        && cp.size > durable
+    {
         return Err(ExportError::BeyondDurable {
             size: cp.size,
             durable,
@@ -250,18 +280,12 @@ pub fn write_export(
             tmp_cell.borrow_mut().write(&tile.path(), &hashes.concat())
         };
         for index in 0..cp.size {
-            let leaf = store
-                .entry(index)?
-                .ok_or(ExportError::StoreEntryMissing { index })?;
+            let (leaf, hash) = next_leaf(index)?;
             if leaf.len() > MAX_LEAF_LEN {
                 return Err(ExportError::LeafTooLarge {
                     index,
                     len: leaf.len(),
                 });
-            }
-            let hash = leaf_hash(&leaf);
-            if store.leaf_hash(index)? != Some(hash) {
-                return Err(ExportError::StoreLeafHashMismatch { index });
             }
             frontier.push(hash);
             roots.after_push(&frontier);

@@ -567,6 +567,12 @@ async fn serve(config_path: &Path) -> Result<(), CliError> {
         node.exchange_addr,
         node.gateway_addr
     );
+    let _watchdog = crate::service_manager::ready(&format!(
+        "{} serving: exchange {} gateway {}",
+        node.state.admin(),
+        node.exchange_addr,
+        node.gateway_addr
+    ));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -585,6 +591,7 @@ async fn serve(config_path: &Path) -> Result<(), CliError> {
         }
     }
     eprintln!("shutting down");
+    crate::service_manager::stopping();
     node.shutdown().await;
     Ok(())
 }

@@ -27,6 +27,7 @@
 //! - [`server`]: the `Exchange` (partners), `Gateway` (back office) and `Audit` (auditors)
 //!   services, their TLS, per-peer limits and load shedding, gRPC health and reflection.
 //! - [`telemetry`]: Prometheus metrics (names, labels, the exporter).
+//! - [`service_manager`]: readiness, stop and watchdog notifications to systemd.
 //! - [`state`]: what the services of a running node share.
 //! - [`report`]: the effectiveness report (volumes, refusals, latency, pre-arrival lead time,
 //!   AEO hit rates) as a table, CSV or SVG chart.
@@ -69,6 +70,7 @@ pub mod proto;
 pub mod report;
 pub mod samples;
 pub mod server;
+pub mod service_manager;
 pub mod state;
 pub mod status;
 pub mod telemetry;

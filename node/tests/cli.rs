@@ -111,8 +111,14 @@ impl Run {
 
 /// Starts `dccf-node ARGS` with a deterministic environment (default log levels, no colours).
 fn spawn(args: &[&str]) -> Running {
+    spawn_with_env(args, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("DCCF_LOG")
         .env_remove("DCCF_LOG_FORMAT")
         .env_remove("RUST_LOG")
@@ -772,6 +778,43 @@ fn serve_answers_the_gateway_and_exits_0_on_sigterm() {
         inbox.describe()
     );
     assert_sigterm_exits_0(server);
+}
+
+#[test]
+fn serve_tells_systemd_when_it_is_ready_alive_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let node = init_node("NL");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&path).expect("bind the notify socket");
+    systemd
+        .set_read_timeout(Some(SERVE_TIMEOUT))
+        .expect("timeout");
+    let recv = || {
+        let mut buf = [0u8; 4096];
+        let n = systemd.recv(&mut buf).expect("a notification in time");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let server = spawn_with_env(
+        &["serve", "--config", s(&node.config())],
+        &[("NOTIFY_SOCKET", s(&path)), ("WATCHDOG_USEC", "200000")],
+    );
+    // READY=1 comes once the node serves: its listeners accept by then.
+    let ready = recv();
+    assert!(
+        ready.contains("READY=1\n") && ready.contains("STATUS=NL serving: exchange "),
+        "{ready}"
+    );
+    assert!(TcpStream::connect_timeout(&node.listen, Duration::from_secs(5)).is_ok());
+    // The watchdog, at half of WatchdogSec.
+    assert_eq!(recv(), "WATCHDOG=1\n");
+    // SIGTERM: STOPPING=1 before the node drains and exits.
+    assert_sigterm_exits_0(server);
+    let stopping = (0..50)
+        .map(|_| recv())
+        .find(|m| m != "WATCHDOG=1\n")
+        .expect("a notification other than the watchdog");
+    assert!(stopping.starts_with("STOPPING=1\n"), "{stopping}");
 }
 
 #[test]

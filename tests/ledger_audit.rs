@@ -399,7 +399,7 @@ async fn partners_witness_and_cosign_each_others_checkpoints() {
     })
     .await;
     let status = auditor(&fed, "BR")
-        .get_status(LedgerStatusRequest {})
+        .get_status(LedgerStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -511,7 +511,7 @@ async fn a_partner_that_rewrites_its_history_raises_an_alarm_and_is_no_longer_co
     assert_eq!(alarms[0].detail, alarm.detail);
     // The auditor sees it.
     let status = auditor(&fed, "NL")
-        .get_status(LedgerStatusRequest {})
+        .get_status(LedgerStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -705,7 +705,7 @@ async fn auditors_read_checkpoints_entries_and_proofs_that_verify() {
     )
     .expect("GetCheckpoint's consistency proof");
     let status = audit
-        .get_status(LedgerStatusRequest {})
+        .get_status(LedgerStatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -939,7 +939,7 @@ async fn only_this_administrations_auditor_certificate_may_use_the_audit_service
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("role auditor"), "{}", err.message());
     let err = audit_with(&fed, "NL", &nl.gateway_cert(), &nl.gateway_key())
-        .get_status(LedgerStatusRequest {})
+        .get_status(LedgerStatusRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -1197,27 +1197,7 @@ async fn running_nodes_export_through_their_audit_service_and_the_exports_reconc
     const N: usize = 1200;
     let fed = federation(dccf_node::demo::EXAMPLE_AGREEMENT, SHORT, SHORT).await;
     // Enough messages that each ledger spans more than one `GetEntries` page (1000 entries).
-    let reqs: Vec<_> = (0..N)
-        .map(|i| {
-            let mut r = send_request(
-                AGREEMENT,
-                "BR",
-                DECL,
-                dccf_node::samples::pre_arrival_declaration(i as u64).encode_to_vec(),
-            );
-            r.await_delivery = false;
-            r
-        })
-        .collect();
-    let mut answers = fed
-        .gateway("NL")
-        .send_stream(tokio_stream::iter(reqs))
-        .await
-        .expect("SendStream")
-        .into_inner();
-    while let Some(a) = answers.message().await.expect("answer") {
-        assert!(a.rejection.is_none(), "{a:?}");
-    }
+    queue_declarations(&fed, "NL", "BR", AGREEMENT, N).await;
     eventually("BR receiving every declaration", || {
         (count_kind(&ledger_entries(fed.node("BR")), EntryKind::EnvelopeReceived) == N)
             .then_some(())

@@ -818,30 +818,7 @@ async fn sigterm_finishes_deliveries_on_the_wire_before_the_process_exits() {
     let mut nl = KillOnDrop(fed.spawn_process_logged("NL", &log).await);
     // Queue N declarations while BR is down, then let BR come back.
     fed.stop("BR").await;
-    let reqs: Vec<_> = (0..N)
-        .map(|i| {
-            let mut r = send_request(
-                "nl-br-exchange",
-                "BR",
-                DECL,
-                dccf_node::samples::pre_arrival_declaration(i as u64).encode_to_vec(),
-            );
-            r.await_delivery = false;
-            r
-        })
-        .collect();
-    let mut responses = fed
-        .gateway("NL")
-        .send_stream(tokio_stream::iter(reqs))
-        .await
-        .expect("SendStream")
-        .into_inner();
-    let mut queued = 0;
-    while let Some(r) = responses.message().await.expect("response") {
-        assert!(r.rejection.is_none(), "{r:?}");
-        queued += 1;
-    }
-    assert_eq!(queued, N);
+    queue_declarations(&fed, "NL", "BR", "nl-br-exchange", N).await;
     fed.start_node("BR").await;
     let received = |fed: &Federation| {
         all_ledger_entries(fed.node("BR"))

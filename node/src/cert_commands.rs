@@ -139,8 +139,7 @@ fn load_ca(config: &NodeConfig) -> Result<CertificateAuthority, CertCommandError
 fn request(config: &NodeConfig, role: Role, hosts: Vec<String>, days: Option<u16>) -> CertRequest {
     let mut req = CertRequest::new(config.admin.clone(), role, hosts);
     if let Some(days) = days {
-        req.not_after =
-            req.not_before + time::Duration::hours(1) + time::Duration::days(days.into());
+        req.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days.into());
     }
     req
 }

@@ -683,6 +683,16 @@ pub fn gateway_client_for(
         .max_encoding_message_size(limits.max_message_bytes + 64 * 1024))
 }
 
+/// Where local tools reach this node's Gateway: `gateway_listen`, with an unspecified address
+/// (`0.0.0.0`, `::`) replaced by loopback.
+pub fn gateway_dial_addr(config: &NodeConfig) -> std::net::SocketAddr {
+    let mut addr = config.gateway_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
 /// A channel to the Gateway listener of the node configured by `config`, presenting the client
 /// certificate `cert`/`key` (gateway or auditor role) and trusting only the node's own CA.
 pub fn local_channel(
@@ -705,10 +715,7 @@ pub fn local_channel(
         tls::load_key(key).map_err(err)?,
     )
     .map_err(err)?;
-    let mut addr = config.gateway_listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = gateway_dial_addr(config);
     let limits = &config.limits;
     crate::delivery::peers::tls_channel(
         &addr.to_string(),

@@ -820,18 +820,7 @@ async fn check_ledger(
         Some((store, cps)) => {
             // Read before the full check, which closes the store.
             let alarms = crate::witness::alarms(&store).map_err(|e| e.to_string());
-            let counts = |q| crate::delivery::outbox::counts(&store, q).map_err(|e| e.to_string());
-            let outbox = counts(crate::delivery::outbox::Queue::Queued).and_then(|queued| {
-                let dead = counts(crate::delivery::outbox::Queue::Dead)?;
-                let mut all: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-                for (p, n) in queued {
-                    all.entry(p).or_default().0 = n;
-                }
-                for (p, n) in dead {
-                    all.entry(p).or_default().1 = n;
-                }
-                Ok(all.into_iter().map(|(p, (q, d))| (p, q, d)).collect())
-            });
+            let outbox = crate::delivery::outbox::totals(&store).map_err(|e| e.to_string());
             let found = integrity(
                 crate::ledger_commands::verify_database(&store, &cps).map_err(|e| e.to_string()),
             );
@@ -839,8 +828,17 @@ async fn check_ledger(
         }
         None => {
             use crate::ledger_commands::RunningLedgerError;
-            let found = match crate::ledger_commands::verify_running_ledger(config, identity).await
-            {
+            // One auditor channel for the ledger check and the alarms.
+            let audit =
+                crate::ledger_commands::audit_client(config, None, None).map_err(|e| e.to_string());
+            let checked = match &audit {
+                Ok(audit) => {
+                    crate::ledger_commands::verify_running_ledger(config, identity, audit.clone())
+                        .await
+                }
+                Err(e) => Err(RunningLedgerError::Unreachable(e.clone())),
+            };
+            let found = match checked {
                 Ok(text) => Finding::new(Level::Ok, "ledger", text),
                 Err(RunningLedgerError::Invalid(e)) => integrity(Err(e)),
                 Err(RunningLedgerError::Unreachable(e)) => Finding::new(
@@ -850,11 +848,11 @@ async fn check_ledger(
                 )
                 .fix(local_connection_fix(&e, "auditor")),
             };
-            (
-                vec![found],
-                running_alarms(config).await,
-                running_outbox(config).await,
-            )
+            let alarms = match audit {
+                Ok(audit) => running_alarms(audit).await,
+                Err(e) => Err(e),
+            };
+            (vec![found], alarms, running_outbox(config).await)
         }
     };
     match alarms {
@@ -890,7 +888,12 @@ async fn check_ledger(
     }
     match outbox {
         Ok(partners) => {
-            for (partner, queued, dead) in partners {
+            for crate::proto::v1::OutboxPartner {
+                partner,
+                queued,
+                dead_letter: dead,
+            } in partners
+            {
                 if dead > 0 {
                     out.push(
                         Finding::new(
@@ -939,13 +942,11 @@ fn fmt_ms(ms: i64) -> String {
 
 /// A running node's open witness alarms, from its Audit service.
 async fn running_alarms(
-    config: &NodeConfig,
+    mut audit: crate::proto::v1::audit_client::AuditClient<tonic::transport::Channel>,
 ) -> Result<Vec<crate::proto::v1::WitnessAlarm>, String> {
-    let mut audit =
-        crate::ledger_commands::audit_client(config, None, None).map_err(|e| e.to_string())?;
     let status = tokio::time::timeout(
         Duration::from_secs(10),
-        audit.get_status(crate::proto::v1::LedgerStatusRequest {}),
+        audit.get_status(crate::proto::v1::LedgerStatusRequest::default()),
     )
     .await
     .map_err(|_| "Audit.GetStatus: no answer within 10 s".to_owned())?
@@ -953,8 +954,10 @@ async fn running_alarms(
     Ok(status.into_inner().alarms)
 }
 
-/// A running node's outbox per partner (queued, dead letters), from its Gateway service.
-async fn running_outbox(config: &NodeConfig) -> Result<Vec<(String, u64, u64)>, String> {
+/// A running node's outbox totals per partner, from its Gateway service.
+async fn running_outbox(
+    config: &NodeConfig,
+) -> Result<Vec<crate::proto::v1::OutboxPartner>, String> {
     let mut gateway = crate::cli::gateway_client_for(config).map_err(|e| e.to_string())?;
     let list = tokio::time::timeout(
         Duration::from_secs(10),
@@ -967,24 +970,15 @@ async fn running_outbox(config: &NodeConfig) -> Result<Vec<(String, u64, u64)>, 
     .await
     .map_err(|_| "Gateway.ListOutbox: no answer within 10 s".to_owned())?
     .map_err(|s| format!("Gateway.ListOutbox: {}", s.message()))?;
-    Ok(list
-        .into_inner()
-        .partners
-        .into_iter()
-        .map(|p| (p.partner, p.queued, p.dead_letter))
-        .collect())
+    Ok(list.into_inner().partners)
 }
 
 /// Whether the node is running and serving (gRPC health on the Gateway listener). When it is
 /// not running: whether it could start, i.e. its listen addresses are free on this machine.
 async fn check_running(config: &NodeConfig) -> Vec<Finding> {
-    let mut gateway = config.gateway_listen;
-    if gateway.ip().is_unspecified() {
-        gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
     let tcp = tokio::time::timeout(
         Duration::from_secs(5),
-        tokio::net::TcpStream::connect(gateway),
+        tokio::net::TcpStream::connect(crate::cli::gateway_dial_addr(config)),
     )
     .await;
     if !matches!(tcp, Ok(Ok(_))) {

@@ -118,11 +118,13 @@ pub async fn run_ledger(action: LedgerAction) -> Result<String, CommandError> {
         LedgerAction::Status { config, cert, key } => {
             let config = NodeConfig::load(&config).map_err(err)?;
             let status = match open_local(&config)? {
-                Some((store, cps)) => crate::server::audit::status(&store, &cps).map_err(err)?,
+                Some((store, cps)) => {
+                    crate::server::audit::status(&store, &cps, false).map_err(err)?
+                }
                 None => {
                     let mut client = audit_client(&config, cert, key)?;
                     client
-                        .get_status(LedgerStatusRequest {})
+                        .get_status(LedgerStatusRequest::default())
                         .await
                         .map_err(|s| err(format!("Audit.GetStatus: {}", s.message())))?
                         .into_inner()
@@ -340,7 +342,9 @@ async fn export_running(
         .await
         .map_err(call("Audit.GetCheckpoint"))?;
     let status = audit
-        .get_status(LedgerStatusRequest {})
+        .get_status(LedgerStatusRequest {
+            with_export_material: true,
+        })
         .await
         .map_err(call("Audit.GetStatus"))?
         .into_inner();
@@ -438,6 +442,7 @@ pub(crate) enum RunningLedgerError {
 pub(crate) async fn verify_running_ledger(
     config: &NodeConfig,
     identity: &NodeIdentity,
+    audit: AuditClient<tonic::transport::Channel>,
 ) -> Result<String, RunningLedgerError> {
     use RunningLedgerError::{Invalid, Unreachable};
     let verifier = crate::ledger::checkpoint::NoteVerifier::new(
@@ -445,7 +450,6 @@ pub(crate) async fn verify_running_ledger(
         identity.signing.verifying_key(),
     )
     .map_err(|e| Invalid(e.to_string()))?;
-    let audit = audit_client(config, None, None).map_err(|e| Unreachable(e.to_string()))?;
     let fetch = |from_size, fresh| {
         let mut audit = audit.clone();
         async move {

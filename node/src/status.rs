@@ -82,7 +82,7 @@ pub async fn status(config: &NodeConfig) -> Result<String, StatusError> {
         match crate::cli::local_channel(config, &paths.auditor_cert(), &paths.auditor_key()) {
             Ok(ch) => AuditClient::new(ch)
                 .max_decoding_message_size(64 * 1024 * 1024)
-                .get_status(LedgerStatusRequest {})
+                .get_status(LedgerStatusRequest::default())
                 .await
                 .ok()
                 .map(|r| r.into_inner()),

@@ -615,6 +615,35 @@ pub fn findings(out: &str, level: &str, check: &str) -> Vec<String> {
     found
 }
 
+/// Queues `n` pre-arrival declarations from `from` to `to` under `agreement` on one
+/// `Gateway.SendStream` (bulk mode, not awaiting delivery); panics unless every one is queued.
+pub async fn queue_declarations(fed: &Federation, from: &str, to: &str, agreement: &str, n: usize) {
+    let reqs: Vec<_> = (0..n)
+        .map(|i| {
+            let mut r = send_request(
+                agreement,
+                to,
+                "dccf.v1.PreArrivalDeclaration",
+                dccf_node::samples::pre_arrival_declaration(i as u64).encode_to_vec(),
+            );
+            r.await_delivery = false;
+            r
+        })
+        .collect();
+    let mut answers = fed
+        .gateway(from)
+        .send_stream(tokio_stream::iter(reqs))
+        .await
+        .expect("SendStream")
+        .into_inner();
+    let mut queued = 0;
+    while let Some(a) = answers.message().await.expect("SendStream answer") {
+        assert!(a.rejection.is_none(), "{a:?}");
+        queued += 1;
+    }
+    assert_eq!(queued, n, "every declaration queued");
+}
+
 /// Runs the node binary with `args`; returns (success, stdout, stderr).
 pub fn cli(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(node_binary())

@@ -353,7 +353,6 @@ fn stage_chunk_blocking(state: &NodeState, peer: &str, envelopes: Vec<Envelope>)
             in_flight,
         };
     }
-    let now = crate::envelope::now_ms();
     for r in &results {
         if let Some(delivery_result::Outcome::Rejection(rej)) = &r.outcome
             && rej.reason != RejectReason::Unspecified as i32

@@ -9,7 +9,7 @@
 use prost::Message;
 
 use crate::ledger::{LedgerError, Store, Txn};
-use crate::proto::v1::{DeliveryState, OutboxItem, OutboxRecord, SentRecord};
+use crate::proto::v1::{DeliveryState, OutboxItem, OutboxPartner, OutboxRecord, SentRecord};
 
 const QUEUED: &[u8] = b"ob/";
 const DEAD: &[u8] = b"od/";
@@ -194,13 +194,20 @@ pub fn item(seq: u64, record: &OutboxRecord) -> OutboxItem {
     }
 }
 
-/// Every partner with records in either queue.
-pub fn partners(store: &Store) -> Result<std::collections::BTreeSet<String>, OutboxError> {
-    let mut out = std::collections::BTreeSet::new();
-    for queue in [Queue::Queued, Queue::Dead] {
-        out.extend(counts(store, queue)?.into_keys());
-    }
-    Ok(out)
+/// How many messages each partner has waiting and dead-lettered, for every partner with any,
+/// by partner id.
+pub fn totals(store: &Store) -> Result<Vec<OutboxPartner>, OutboxError> {
+    let queued = counts(store, Queue::Queued)?;
+    let dead = counts(store, Queue::Dead)?;
+    let partners: std::collections::BTreeSet<&String> = queued.keys().chain(dead.keys()).collect();
+    Ok(partners
+        .into_iter()
+        .map(|p| OutboxPartner {
+            partner: p.clone(),
+            queued: queued.get(p).copied().unwrap_or(0),
+            dead_letter: dead.get(p).copied().unwrap_or(0),
+        })
+        .collect())
 }
 
 /// A record in the dead-letter state, with why.

@@ -59,25 +59,25 @@ pub fn list(
         }
         n => n as usize,
     };
-    let partners: Vec<String> = if req.partner.is_empty() {
-        outbox::partners(&state.store)?.into_iter().collect()
+    let totals = outbox::totals(&state.store)?;
+    let totals: Vec<OutboxPartner> = if req.partner.is_empty() {
+        totals
     } else {
-        vec![req.partner.clone()]
+        let of_partner = totals.into_iter().find(|t| t.partner == req.partner);
+        vec![of_partner.unwrap_or_else(|| OutboxPartner {
+            partner: req.partner.clone(),
+            ..Default::default()
+        })]
     };
-    let queued = outbox::counts(&state.store, Queue::Queued)?;
-    let dead = outbox::counts(&state.store, Queue::Dead)?;
     let mut out = ListOutboxResponse::default();
     let queues: &[Queue] = if req.dead_letter_only {
         &[Queue::Dead]
     } else {
         &[Queue::Queued, Queue::Dead]
     };
-    for partner in &partners {
-        out.partners.push(OutboxPartner {
-            partner: partner.clone(),
-            queued: queued.get(partner).copied().unwrap_or(0),
-            dead_letter: dead.get(partner).copied().unwrap_or(0),
-        });
+    for total in totals {
+        let partner = &total.partner.clone();
+        out.partners.push(total);
         for queue in queues {
             let room = limit.saturating_sub(out.items.len());
             if room == 0 {

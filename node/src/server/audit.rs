@@ -188,7 +188,8 @@ impl Audit for AuditService {
         request: Request<LedgerStatusRequest>,
     ) -> Result<Response<LedgerStatus>, Status> {
         require_role(&request, Role::Auditor)?;
-        status(&self.state.store, &self.state.checkpoints)
+        let with_export = request.get_ref().with_export_material;
+        status(&self.state.store, &self.state.checkpoints, with_export)
             .map(Response::new)
             .map_err(internal)
     }
@@ -223,18 +224,25 @@ impl Audit for AuditService {
     }
 }
 
-/// The ledger status shown by `ledger status` and `Audit.GetStatus`.
+/// The ledger status shown by `ledger status` and `Audit.GetStatus`; `with_export` adds the
+/// cosigned notes and witness keys an export needs.
 pub fn status(
     store: &crate::ledger::Store,
     cps: &crate::checkpoints::Checkpoints,
+    with_export: bool,
 ) -> Result<LedgerStatus, String> {
     let head = store.durable_head();
-    let material = cps.export_material().map_err(|e| e.to_string())?;
+    let (cosigned_notes, witness_keys) = if with_export {
+        let material = cps.export_material().map_err(|e| e.to_string())?;
+        (material.cosigned, material.witnesses)
+    } else {
+        Default::default()
+    };
     Ok(LedgerStatus {
         origin: cps.origin().to_owned(),
         size: head.size,
         root: head.root.to_vec(),
-        checkpoint: material.checkpoint,
+        checkpoint: cps.latest_cosigned().map_err(|e| e.to_string())?,
         vkey: cps.vkey(),
         cosigned: cps
             .witnesses()
@@ -248,7 +256,7 @@ pub fn status(
             .map(|(admin, size)| format!("{admin} {size}"))
             .collect(),
         alarms: crate::witness::alarms(store).map_err(|e| e.to_string())?,
-        cosigned_notes: material.cosigned,
-        witness_keys: material.witnesses,
+        cosigned_notes,
+        witness_keys,
     })
 }
